@@ -1,0 +1,3 @@
+"""One QgsProcessingAlgorithm per module, named like the algorithm's ``name()``."""
+
+ALGORITHMS = []

@@ -1,0 +1,160 @@
+"""The short base class every MapSeg algorithm derives from.
+
+It gives ``tr``, ``createInstance``, group and help (kept apart, in ``algorithms/help/<name>.md``),
+a ``canExecute`` that names missing Python packages, and one place where engine errors become
+``QgsProcessingException`` with the engine's own message.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import re
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterDefinition,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+from ..core.errors import MapSegError
+from ..core.progress import Reporter
+
+HELP_DIR = Path(__file__).resolve().parent / "help"
+
+INSTALL_HINT = (
+    "Install it into the Python that QGIS uses, for example "
+    "`python3 -m pip install {pkgs}` from the OSGeo4W shell on Windows, or the QGIS Python "
+    "on Linux/macOS (see the MapSeg README, 'Install into QGIS desktop')."
+)
+
+
+def help_markdown(name: str) -> str:
+    path = HELP_DIR / f"{name}.md"
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def markdown_to_html(text: str) -> str:
+    """Just enough Markdown for Processing's help panel: paragraphs, bullets, code, bold."""
+
+    def inline(s: str) -> str:
+        s = html.escape(s)
+        s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+        return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
+
+    out = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        lines = block.splitlines()
+        if lines and lines[0].startswith("```"):
+            out.append("<pre>" + html.escape("\n".join(lines[1:-1])) + "</pre>")
+            continue
+        if lines and lines[0].startswith("#"):
+            out.append(f"<h3>{inline(lines[0].lstrip('#').strip())}</h3>")
+            lines = lines[1:]
+        items = [ln[2:] for ln in lines if ln.startswith("- ")]
+        if items and len(items) == len(lines):
+            out.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in items) + "</ul>")
+        elif lines:
+            out.append("<p>" + inline(" ".join(ln.strip() for ln in lines)) + "</p>")
+    return "\n".join(out)
+
+
+def missing_modules(modules) -> list:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+class MapSegAlgorithm(QgsProcessingAlgorithm):
+    """Subclasses set NAME, DISPLAY, GROUP and REQUIRES, and implement initAlgorithm/run."""
+
+    NAME = ""
+    DISPLAY = ""
+    GROUP = ""
+    # Python modules the algorithm needs beyond QGIS (pip names may differ: see PIP_NAMES).
+    REQUIRES: tuple = ()
+    PIP_NAMES = {
+        "torch": "torch",
+        "torchvision": "torchvision",
+        "sklearn": "scikit-learn",
+        "skimage": "scikit-image",
+        "whitebox_workflows": "whitebox-workflows",
+        "segment_anything": "segment-anything",
+    }
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("MapSeg", text)
+
+    def createInstance(self):
+        return type(self)()
+
+    def name(self) -> str:
+        return self.NAME
+
+    def displayName(self) -> str:
+        return self.tr(self.DISPLAY)
+
+    def group(self) -> str:
+        return self.tr(self.GROUP)
+
+    def groupId(self) -> str:
+        return self.GROUP.lower().replace(" ", "")
+
+    def shortHelpString(self) -> str:
+        return markdown_to_html(help_markdown(self.NAME))
+
+    def canExecute(self):
+        missing = missing_modules(self.REQUIRES)
+        if missing:
+            pkgs = " ".join(self.PIP_NAMES.get(m, m) for m in missing)
+            return False, (
+                f"{self.displayName()} needs the Python package(s) {pkgs}, which QGIS's Python "
+                "cannot import. " + INSTALL_HINT.format(pkgs=pkgs)
+            )
+        return True, ""
+
+    @staticmethod
+    def advanced(param: QgsProcessingParameterDefinition) -> QgsProcessingParameterDefinition:
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        return param
+
+    @staticmethod
+    def reporter(feedback) -> Reporter:
+        if feedback is None:
+            return Reporter()
+        return Reporter(
+            progress=feedback.setProgress,
+            is_canceled=feedback.isCanceled,
+            log=feedback.pushInfo,
+            warn=feedback.reportError
+            if not hasattr(feedback, "pushWarning")
+            else feedback.pushWarning,
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):
+        ok, message = self.canExecute()
+        if not ok:
+            raise QgsProcessingException(message)
+        try:
+            return self.run(parameters, context, feedback)
+        except MapSegError as err:
+            raise QgsProcessingException(str(err)) from None
+
+    def run(self, parameters, context, feedback) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- parameter helpers shared by several algorithms ------------------------------------
+
+    def raster_source(self, parameters, name, context) -> str:
+        """The file path GDAL should open for a raster layer parameter."""
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None:
+            raise QgsProcessingException(
+                f"The raster given for {name} could not be loaded. Check the path or layer."
+            )
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(
+                f"The layer '{layer.name()}' comes from the '{layer.providerType()}' provider; "
+                "MapSeg reads rasters through GDAL. Save it as a GeoTIFF first."
+            )
+        return layer.source()

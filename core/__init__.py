@@ -1,0 +1,1 @@
+"""MapSeg's engine: numpy, GDAL, torch and scikit-learn only. Never imports qgis."""
