@@ -6,7 +6,7 @@ so they run the same under QgsFeedback, a CLI or a test.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 from .errors import CanceledError
 
@@ -20,12 +20,12 @@ class Reporter:
 
     def __init__(
         self,
-        progress: Optional[ProgressFn] = None,
-        is_canceled: Optional[CancelFn] = None,
-        log: Optional[LogFn] = None,
+        progress: ProgressFn | None = None,
+        is_canceled: CancelFn | None = None,
+        log: LogFn | None = None,
         start: float = 0.0,
         end: float = 100.0,
-        warn: Optional[LogFn] = None,
+        warn: LogFn | None = None,
     ) -> None:
         self._progress = progress
         self._is_canceled = is_canceled
@@ -72,9 +72,9 @@ class Reporter:
 
 
 def as_reporter(
-    reporter: Optional[Reporter] = None,
-    progress: Optional[ProgressFn] = None,
-    is_canceled: Optional[CancelFn] = None,
-    log: Optional[LogFn] = None,
+    reporter: Reporter | None = None,
+    progress: ProgressFn | None = None,
+    is_canceled: CancelFn | None = None,
+    log: LogFn | None = None,
 ) -> Reporter:
     return reporter if reporter is not None else Reporter(progress, is_canceled, log)

@@ -7,10 +7,11 @@ failure or a cancel never leaves a half-written file where the user expects a re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 from osgeo import gdal, osr
@@ -34,7 +35,7 @@ class RasterInfo:
     count: int
     geotransform: Tuple[float, ...]
     projection: str
-    nodata: List[Optional[float]]
+    nodata: List[float | None]
     dtypes: List[str]
     georeferenced: bool
 
@@ -49,7 +50,7 @@ class RasterInfo:
         gt = self.geotransform
         return float(np.hypot(gt[1], gt[4])), float(np.hypot(gt[2], gt[5]))
 
-    def srs(self) -> Optional[osr.SpatialReference]:
+    def srs(self) -> osr.SpatialReference | None:
         if not self.projection:
             return None
         srs = osr.SpatialReference()
@@ -139,7 +140,7 @@ def read_window(band: gdal.Band, win: Window, dtype=None) -> np.ndarray:
     return arr if dtype is None else arr.astype(dtype, copy=False)
 
 
-def valid_mask(arr: np.ndarray, nodata: Optional[float]) -> np.ndarray:
+def valid_mask(arr: np.ndarray, nodata: float | None) -> np.ndarray:
     """True where a value is data: not the nodata value and not NaN."""
     mask = np.ones(arr.shape, dtype=bool)
     if nodata is not None:
@@ -231,10 +232,10 @@ class OutputRaster:
         bands: int = 1,
         geotransform: Sequence[float] = DEFAULT_GEOTRANSFORM,
         projection: str = "",
-        nodata: Optional[float] = None,
-        color_table: Optional[dict] = None,
-        category_names: Optional[dict] = None,
-        descriptions: Optional[Sequence[str]] = None,
+        nodata: float | None = None,
+        color_table: dict | None = None,
+        category_names: dict | None = None,
+        descriptions: Sequence[str] | None = None,
     ) -> None:
         self.dest = os.path.abspath(dest)
         self.tmp = _partial_path(self.dest, ".tif")
@@ -286,19 +287,16 @@ class OutputRaster:
     def discard(self) -> None:
         self.ds = None
         for ext in ("", ".aux.xml", ".ovr"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(self.tmp + ext)
-            except FileNotFoundError:
-                pass
         self._done = True
 
     def __enter__(self) -> OutputRaster:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or not self._done:
-            if not self._done:
-                self.discard()
+        if (exc_type is not None or not self._done) and not self._done:
+            self.discard()
 
 
 def set_color_table(band: gdal.Band, colors: dict) -> None:

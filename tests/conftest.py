@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -75,7 +75,7 @@ class CancelAfter:
 
 
 def qgis_process(
-    alg: str, params: dict, timeout: int = 600, env: Optional[dict] = None
+    alg: str, params: dict, timeout: int = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run ``bin/qgis_process run mapseg:<alg> --json -- K=V ...`` in a subprocess."""
     args = [str(QGIS_PROCESS), "run", alg if ":" in alg else f"mapseg:{alg}", "--json", "--"]
@@ -135,11 +135,11 @@ def write_raster(
     path,
     array: np.ndarray,
     geotransform: Sequence[float] = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0),
-    epsg: Optional[int] = 32633,
-    nodata: Optional[float] = None,
+    epsg: int | None = 32633,
+    nodata: float | None = None,
     driver: str = "GTiff",
-    color_table: Optional[dict] = None,
-    category_names: Optional[list] = None,
+    color_table: dict | None = None,
+    category_names: list | None = None,
 ) -> str:
     """Write a (bands, rows, cols) or (rows, cols) array as a real raster file."""
     arr = array if array.ndim == 3 else array[None]
