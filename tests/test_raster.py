@@ -67,10 +67,12 @@ def test_output_raster_commits_atomically_with_georeferencing(tmp_path):
 
 def test_output_raster_failure_leaves_nothing(tmp_path):
     dest = tmp_path / "out.tif"
-    with pytest.raises(RuntimeError):
-        with raster.OutputRaster(str(dest), 10, 10, gdal.GDT_Float32) as out:
-            out.write(np.ones((10, 10), dtype=np.float32), 0, 0)
-            raise RuntimeError("boom")
+    with (
+        pytest.raises(RuntimeError),
+        raster.OutputRaster(str(dest), 10, 10, gdal.GDT_Float32) as out,
+    ):
+        out.write(np.ones((10, 10), dtype=np.float32), 0, 0)
+        raise RuntimeError("boom")
     assert os.listdir(tmp_path) == []
 
 
