@@ -1,3 +1,7 @@
 """One QgsProcessingAlgorithm per module, named like the algorithm's ``name()``."""
 
-ALGORITHMS = []
+from .evaluatesegmentation import EvaluateSegmentation
+
+ALGORITHMS = [
+    EvaluateSegmentation,
+]

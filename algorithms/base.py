@@ -136,11 +136,19 @@ class MapSegAlgorithm(QgsProcessingAlgorithm):
         if not ok:
             raise QgsProcessingException(message)
         try:
-            return self.run(parameters, context, feedback)
+            return self._mapseg_run(parameters, context, feedback)
         except MapSegError as err:
             raise QgsProcessingException(str(err)) from None
 
-    def run(self, parameters, context, feedback) -> dict:  # pragma: no cover - abstract
+    def __init_subclass__(cls, **kwargs):
+        # processing.run and the Toolbox dialog call QgsProcessingAlgorithm.run(...): a
+        # subclass's own ``run`` must not hide it, so it is kept as ``_mapseg_run``.
+        super().__init_subclass__(**kwargs)
+        if "run" in cls.__dict__:
+            cls._mapseg_run = cls.__dict__["run"]
+            delattr(cls, "run")
+
+    def _mapseg_run(self, parameters, context, feedback) -> dict:  # pragma: no cover
         raise NotImplementedError
 
     # -- parameter helpers shared by several algorithms ------------------------------------

@@ -1,0 +1,241 @@
+"""Evaluate Segmentation: pixel and object accuracy of a class raster against a reference."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from .base import MapSegAlgorithm
+
+FIELD_TYPES = {
+    "class_value": QVariant.Int,
+    "class_name": QVariant.String,
+    "reference_pixels": QVariant.LongLong,
+    "predicted_pixels": QVariant.LongLong,
+}
+
+
+class EvaluateSegmentation(MapSegAlgorithm):
+    NAME = "evaluatesegmentation"
+    DISPLAY = "Evaluate Segmentation"
+    GROUP = "Deep learning"
+    REQUIRES = ("scipy",)
+
+    PREDICTION = "PREDICTION"
+    PREDICTION_BAND = "PREDICTION_BAND"
+    REFERENCE = "REFERENCE"
+    REFERENCE_BAND = "REFERENCE_BAND"
+    REFERENCE_POLYGONS = "REFERENCE_POLYGONS"
+    CLASS_FIELD = "CLASS_FIELD"
+    IGNORE_VALUES = "IGNORE_VALUES"
+    OBJECT_CLASS = "OBJECT_CLASS"
+    OBJECT_IOU_THRESHOLD = "OBJECT_IOU_THRESHOLD"
+    OUTPUT_TABLE = "OUTPUT_TABLE"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+    NUMBERS = {
+        "MIOU": "Mean IoU",
+        "OVERALL_ACCURACY": "Overall accuracy",
+        "KAPPA": "Cohen's kappa",
+        "MEAN_F1": "Mean F1",
+        "EVALUATED_PIXELS": "Evaluated pixels",
+        "OBJECT_F1": "Object F1",
+        "OBJECT_TP": "Matched objects (true positives)",
+        "OBJECT_FP": "Unmatched predicted objects (false positives)",
+        "OBJECT_FN": "Unmatched reference objects (false negatives)",
+    }
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(self.PREDICTION, self.tr("Predicted class raster"))
+        )
+        self.addParameter(
+            self.advanced(
+                QgsProcessingParameterBand(
+                    self.PREDICTION_BAND, self.tr("Prediction band"), 1, self.PREDICTION, True
+                )
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(
+                self.REFERENCE, self.tr("Reference class raster"), optional=True
+            )
+        )
+        self.addParameter(
+            self.advanced(
+                QgsProcessingParameterBand(
+                    self.REFERENCE_BAND, self.tr("Reference band"), 1, self.REFERENCE, True
+                )
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.REFERENCE_POLYGONS,
+                self.tr("Reference polygons (instead of a reference raster)"),
+                [QgsProcessing.TypeVectorPolygon],
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterField(
+                self.CLASS_FIELD,
+                self.tr("Class field of the reference polygons"),
+                parentLayerParameterName=self.REFERENCE_POLYGONS,
+                type=QgsProcessingParameterField.Numeric,
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.IGNORE_VALUES,
+                self.tr("Class values to ignore, e.g. 0, 255 (nodata is always ignored)"),
+                defaultValue="",
+                optional=True,
+            )
+        )
+        self.addParameter(
+            self.advanced(
+                QgsProcessingParameterNumber(
+                    self.OBJECT_CLASS,
+                    self.tr("Object class value (object F1; default: two-class maps only)"),
+                    QgsProcessingParameterNumber.Integer,
+                    optional=True,
+                )
+            )
+        )
+        self.addParameter(
+            self.advanced(
+                QgsProcessingParameterNumber(
+                    self.OBJECT_IOU_THRESHOLD,
+                    self.tr("IoU an object match needs"),
+                    QgsProcessingParameterNumber.Double,
+                    0.5,
+                    minValue=0.01,
+                    maxValue=1.0,
+                )
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSink(
+                self.OUTPUT_TABLE, self.tr("Per-class scores"), QgsProcessing.TypeVector
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT_REPORT,
+                self.tr("HTML report"),
+                self.tr("HTML files (*.html)"),
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        for key, label in self.NUMBERS.items():
+            self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
+
+    def run(self, parameters, context, feedback):
+        from ..core.evaluate import evaluate, parse_ignore, table_rows
+        from ..core.raster import check_destination
+
+        prediction = self.raster_source(parameters, self.PREDICTION, context)
+        reference = polygons = layer_name = None
+        if parameters.get(self.REFERENCE) not in (None, ""):
+            reference = self.raster_source(parameters, self.REFERENCE, context)
+        if parameters.get(self.REFERENCE_POLYGONS) not in (None, ""):
+            polygons, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+                parameters,
+                self.REFERENCE_POLYGONS,
+                context,
+                ["gpkg", "shp", "geojson", "fgb"],
+                "gpkg",
+                feedback,
+            )
+            if not polygons:
+                raise QgsProcessingException("The reference polygons could not be loaded.")
+        report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        if report:
+            check_destination(report, [prediction, reference or ""])
+        object_class = None
+        if parameters.get(self.OBJECT_CLASS) not in (None, ""):
+            object_class = self.parameterAsInt(parameters, self.OBJECT_CLASS, context)
+        result = evaluate(
+            prediction,
+            reference=reference,
+            polygons=polygons,
+            polygon_layer=layer_name or None,
+            class_field=self.parameterAsString(parameters, self.CLASS_FIELD, context),
+            prediction_band=self.parameterAsInt(parameters, self.PREDICTION_BAND, context) or 1,
+            reference_band=self.parameterAsInt(parameters, self.REFERENCE_BAND, context) or 1,
+            ignore=parse_ignore(self.parameterAsString(parameters, self.IGNORE_VALUES, context)),
+            object_class=object_class,
+            object_iou=self.parameterAsDouble(parameters, self.OBJECT_IOU_THRESHOLD, context),
+            reporter=self.reporter(feedback),
+        )
+        s, obj = result.scores, result.objects or {}
+        for note in result.notes:
+            feedback.pushInfo(note)
+        feedback.pushInfo(
+            f"Mean IoU {s['miou']:.4f}, overall accuracy {s['accuracy']:.4f}, kappa "
+            f"{s['kappa']:.4f}, mean F1 {s['mean_f1']:.4f} over {s['pixels']} pixels."
+        )
+        if obj:
+            feedback.pushInfo(
+                f"Object F1 {obj['f1'] if obj['f1'] is not None else 'undefined (no objects)'}: "
+                f"{obj['tp']} matched, {obj['fp']} false positives, {obj['fn']} false negatives "
+                f"(class {obj['class']}, IoU >= {obj['iou_threshold']:g})."
+            )
+
+        if report:
+            from ..core.evaluate_report import write_report
+
+            write_report(report, result, prediction, reference or polygons)
+
+        # Written only now, so a failure above leaves no table behind.
+        fields = QgsFields()
+        rows = table_rows(result)
+        for name in rows[0]:
+            fields.append(QgsField(name, FIELD_TYPES.get(name, QVariant.Double)))
+        sink, table_id = self.parameterAsSink(
+            parameters,
+            self.OUTPUT_TABLE,
+            context,
+            fields,
+            QgsWkbTypes.NoGeometry,
+            QgsCoordinateReferenceSystem(),
+        )
+        if sink is None:
+            raise QgsProcessingException("Cannot create the per-class table (OUTPUT_TABLE).")
+        for row in rows:
+            feature = QgsFeature(fields)
+            feature.setAttributes(list(row.values()))
+            sink.addFeature(feature, QgsFeatureSink.FastInsert)
+        del sink  # close the file before QGIS loads it
+        return {
+            self.OUTPUT_TABLE: table_id,
+            self.OUTPUT_REPORT: report or None,
+            "MIOU": s["miou"],
+            "OVERALL_ACCURACY": s["accuracy"],
+            "KAPPA": s["kappa"],
+            "MEAN_F1": s["mean_f1"],
+            "EVALUATED_PIXELS": s["pixels"],
+            "OBJECT_F1": obj.get("f1"),
+            "OBJECT_TP": obj.get("tp"),
+            "OBJECT_FP": obj.get("fp"),
+            "OBJECT_FN": obj.get("fn"),
+        }
