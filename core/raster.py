@@ -236,6 +236,7 @@ class OutputRaster:
         color_table: dict | None = None,
         category_names: dict | None = None,
         descriptions: Sequence[str] | None = None,
+        sparse: bool = False,
     ) -> None:
         self.dest = os.path.abspath(dest)
         self.tmp = _partial_path(self.dest, ".tif")
@@ -247,7 +248,10 @@ class OutputRaster:
                 height,
                 bands,
                 gdal_type,
-                options=_creation_options(gdal_type, width, height),
+                options=_creation_options(gdal_type, width, height)
+                # sparse: blocks never written are not stored and read back as nodata, so a
+                # huge raster touched in a few places costs only those blocks
+                + (["SPARSE_OK=TRUE"] if sparse else []),
             )
         except RuntimeError as err:
             raise MapSegError(f"Cannot create the output raster '{dest}': {err}") from None

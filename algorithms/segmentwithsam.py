@@ -1,0 +1,280 @@
+"""Segment With SAM: Segment Anything prompted by points or boxes from a vector layer."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsCsException,
+    QgsFeatureRequest,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from ..core.errors import MapSegError
+from .base import MapSegAlgorithm
+
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+def checkpoint_parameter(alg, name):
+    return QgsProcessingParameterFile(
+        name,
+        alg.tr("Segment Anything checkpoint (.pth)"),
+        behavior=QgsProcessingParameterFile.File,
+        fileFilter="SAM checkpoint (*.pth *.pt);;All files (*)",
+    )
+
+
+def load_sam(alg, parameters, context, feedback, checkpoint_name, device_name):
+    """(sam, config) on the chosen device, with a log line naming the encoder found."""
+    from ..core.sam import describe, load_sam, resolve_device
+
+    device = resolve_device(DEVICES[alg.parameterAsEnum(parameters, device_name, context)])
+    path = alg.parameterAsFile(parameters, checkpoint_name, context)
+    sam, config = load_sam(path, device)
+    feedback.pushInfo(f"{describe(config)}, on {device}.")
+    return sam, config
+
+
+def ogr_type(field) -> int:
+    from osgeo import ogr
+
+    if field.type() in (QVariant.Int, QVariant.UInt, QVariant.Bool):
+        return ogr.OFTInteger
+    if field.type() in (QVariant.LongLong, QVariant.ULongLong):
+        return ogr.OFTInteger64
+    if field.type() == QVariant.Double:
+        return ogr.OFTReal
+    return ogr.OFTString
+
+
+def plain(value, kind: int):
+    """A QGIS attribute as a value OGR takes (NULL -> None)."""
+    from osgeo import ogr
+
+    if value is None or (isinstance(value, QVariant) and value.isNull()):
+        return None
+    if kind in (ogr.OFTInteger, ogr.OFTInteger64):
+        return int(value)
+    if kind == ogr.OFTReal:
+        return float(value)
+    return str(value)
+
+
+class SamAlgorithm(MapSegAlgorithm):
+    """The Segment Anything algorithms' base: engine errors as in MapSegAlgorithm.
+
+    MapSegAlgorithm's ``run`` hook shadows QgsProcessingAlgorithm.run, which processing.run
+    and the batch dialog call with QGIS's signature: keep QGIS's run and route
+    processAlgorithm to ``process`` (as Segment Raster does).
+    """
+
+    def run(self, *args, **kwargs):
+        return QgsProcessingAlgorithm.run(self, *args, **kwargs)
+
+    def processAlgorithm(self, parameters, context, feedback):
+        ok, message = self.canExecute()
+        if not ok:
+            raise QgsProcessingException(message)
+        try:
+            return self.process(parameters, context, feedback)
+        except MapSegError as err:
+            raise QgsProcessingException(str(err)) from None
+
+
+class SegmentWithSam(SamAlgorithm):
+    NAME = "segmentwithsam"
+    DISPLAY = "Segment With SAM"
+    GROUP = "Segment Anything"
+    REQUIRES = ("torch", "torchvision", "segment_anything")
+
+    INPUT = "INPUT"
+    PROMPTS = "PROMPTS"
+    LABEL_FIELD = "LABEL_FIELD"
+    GROUP_FIELD = "GROUP_FIELD"
+    CLASS_FIELD = "CLASS_FIELD"
+    CHECKPOINT = "CHECKPOINT"
+    BANDS = "BANDS"
+    DEVICE = "DEVICE"
+    PROCESSING_PIXEL_SIZE = "PROCESSING_PIXEL_SIZE"
+    OUTPUT = "OUTPUT"
+    OUTPUT_RASTER = "OUTPUT_RASTER"
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.PROMPTS,
+                self.tr("Prompts (points, or polygons as boxes)"),
+                [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon],
+            )
+        )
+        for name, label, kind in (
+            (
+                self.LABEL_FIELD,
+                "Label field (1 foreground, 0 background)",
+                QgsProcessingParameterField.Numeric,
+            ),
+            (self.GROUP_FIELD, "Group field (one prompt per value)", None),
+            (self.CLASS_FIELD, "Class field (copied to the output)", None),
+        ):
+            self.addParameter(
+                QgsProcessingParameterField(
+                    name,
+                    self.tr(label),
+                    parentLayerParameterName=self.PROMPTS,
+                    type=kind if kind is not None else QgsProcessingParameterField.Any,
+                    optional=True,
+                )
+            )
+        self.addParameter(checkpoint_parameter(self, self.CHECKPOINT))
+        self.addParameter(
+            QgsProcessingParameterBand(
+                self.BANDS,
+                self.tr("Bands used as red, green, blue (empty: 1, 2, 3)"),
+                parentLayerParameterName=self.INPUT,
+                optional=True,
+                allowMultiple=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue=0
+            )
+        )
+        self.addParameter(
+            self.advanced(
+                QgsProcessingParameterNumber(
+                    self.PROCESSING_PIXEL_SIZE,
+                    self.tr("Processing pixel size in map units (0: the raster's)"),
+                    type=QgsProcessingParameterNumber.Double,
+                    defaultValue=0.0,
+                    minValue=0.0,
+                    optional=True,
+                )
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.OUTPUT, self.tr("SAM masks"), type=QgsProcessing.TypeVectorPolygon
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.OUTPUT_RASTER,
+                self.tr("Mask raster (prompt ids on the input grid)"),
+                optional=True,
+                createByDefault=False,
+            )
+        )
+
+    def prompts(self, parameters, context, feedback, raster_crs):
+        """Prompts in the raster's CRS: one per point feature or group, one box per polygon."""
+        from osgeo import ogr
+
+        from ..core.sam_prompts import Prompt
+
+        source = self.parameterAsSource(parameters, self.PROMPTS, context)
+        if source is None:
+            raise QgsProcessingException("The prompt layer could not be loaded.")
+        names = {
+            key: self.parameterAsString(parameters, key, context) or ""
+            for key in (self.LABEL_FIELD, self.GROUP_FIELD, self.CLASS_FIELD)
+        }
+        fields = source.fields()
+        class_type = None
+        if names[self.CLASS_FIELD]:
+            class_type = ogr_type(fields.field(fields.indexOf(names[self.CLASS_FIELD])))
+        transform = None
+        crs = source.sourceCrs()
+        if crs.isValid() and raster_crs.isValid() and crs != raster_crs:
+            transform = QgsCoordinateTransform(crs, raster_crs, context.transformContext())
+            feedback.pushInfo(f"Prompts reprojected from {crs.authid()} to {raster_crs.authid()}.")
+        is_point = QgsWkbTypes.geometryType(source.wkbType()) == QgsWkbTypes.PointGeometry
+        prompts, groups = [], {}
+        for feature in source.getFeatures(QgsFeatureRequest()):
+            geom = feature.geometry()
+            if geom is None or geom.isEmpty():
+                feedback.pushWarning(f"Feature {feature.id()} has no geometry and was skipped.")
+                continue
+            if transform is not None:
+                try:
+                    geom.transform(transform)
+                except QgsCsException as err:
+                    feedback.pushWarning(
+                        f"Feature {feature.id()} cannot be reprojected to the raster's CRS "
+                        f"({err}) and was skipped."
+                    )
+                    continue
+            value = None
+            if class_type is not None:
+                value = plain(feature[names[self.CLASS_FIELD]], class_type)
+            if not is_point:
+                box = geom.boundingBox()
+                box = (box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum())
+                prompts.append(Prompt(len(prompts) + 1, box=box, value=value))
+                continue
+            label = 1
+            if names[self.LABEL_FIELD]:
+                raw = plain(feature[names[self.LABEL_FIELD]], ogr.OFTReal)
+                label = 1 if raw is None else int(raw != 0)
+            points = [(p.x(), p.y()) for p in geom.vertices()]
+            group = names[self.GROUP_FIELD]
+            key = plain(feature[group], ogr.OFTString) if group else None
+            prompt = groups.get(key) if key is not None else None
+            if prompt is None:
+                prompt = Prompt(len(prompts) + 1, value=value, group=key)
+                prompts.append(prompt)
+                if key is not None:
+                    groups[key] = prompt
+            prompt.points += points
+            prompt.labels += [label] * len(points)
+        return prompts, class_type, bool(names[self.GROUP_FIELD])
+
+    def process(self, parameters, context, feedback):
+        from ..core.sam_prompts import segment_with_prompts
+        from ..core.vector import split_destination
+
+        source = self.raster_source(parameters, self.INPUT, context)
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        prompts, class_type, grouped = self.prompts(parameters, context, feedback, layer.crs())
+        if not prompts:
+            raise QgsProcessingException("The prompt layer has no feature to segment.")
+        sam, _ = load_sam(self, parameters, context, feedback, self.CHECKPOINT, self.DEVICE)
+        output, layer_name = split_destination(
+            self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        )
+        raster = None
+        if parameters.get(self.OUTPUT_RASTER) not in (None, ""):
+            raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) or None
+        pixel = self.parameterAsDouble(parameters, self.PROCESSING_PIXEL_SIZE, context)
+        stats = segment_with_prompts(
+            source,
+            prompts,
+            sam,
+            output,
+            raster,
+            bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
+            pixel_size=pixel or None,
+            class_type=class_type,
+            with_group=grouped,
+            layer_name=layer_name,
+            reporter=self.reporter(feedback),
+        )
+        feedback.pushInfo(
+            f"{stats['features']} mask(s) from {stats['prompts']} prompt(s) "
+            f"({stats['skipped']} skipped), {stats['windows']} image embedding(s)."
+        )
+        return {self.OUTPUT: output, self.OUTPUT_RASTER: raster}

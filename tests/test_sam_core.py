@@ -1,0 +1,414 @@
+"""SAM engine: checkpoint detection, windows, image preparation, mask merging, the SAM net."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny_sam, write_raster
+from osgeo import ogr
+
+from mapseg.core.errors import MapSegError
+from mapseg.core.progress import Reporter
+from mapseg.core.sam import config_from_state_dict, load_sam, read_checkpoint
+from mapseg.core.sam_finetune import balanced_weights, object_fractions
+from mapseg.core.sam_image import ImageSource, make_grid, mask_to_geometry
+from mapseg.core.sam_prompts import Prompt, plan_windows, prompt_extent, segment_with_prompts
+from mapseg.core.sam_windows import Merger, part_from_window, tile
+
+GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def to_map(col: float, row: float):
+    return GT[0] + col * GT[1], GT[3] + row * GT[5]
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+def test_tiny_checkpoint_loads_with_its_architecture_and_weights(tiny_sam_checkpoint):
+    sam, config = load_sam(str(tiny_sam_checkpoint))
+    assert config["variant"] == "custom"
+    assert (config["embed_dim"], config["depth"], config["num_heads"]) == (32, 2, 2)
+    assert config["global_attn_indexes"] == [1] and config["window_size"] == 4
+    assert (config["img_size"], config["patch_size"], config["decoder_dim"]) == (256, 16, 32)
+    assert (config["decoder_depth"], config["decoder_mlp_dim"]) == (2, 64)
+    assert config["num_multimask_outputs"] == 3 and config["iou_head_hidden_dim"] == 32
+    reference = build_tiny_sam()
+    saved = torch.load(tiny_sam_checkpoint, weights_only=True)
+    for key, value in sam.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    # Same weights and same structure: the same embedding for the same image.
+    image = torch.rand(1, 3, 256, 256) * 255
+    with torch.no_grad():
+        expected = reference.image_encoder(reference.preprocess(image))
+        got = sam.image_encoder(sam.preprocess(image))
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "embed", "depth", "heads", "globals_"),
+    [
+        ("vit_b", 768, 12, 12, [2, 5, 8, 11]),
+        ("vit_l", 1024, 24, 16, [5, 11, 17, 23]),
+        ("vit_h", 1280, 32, 16, [7, 15, 23, 31]),
+    ],
+)
+def test_official_architectures_are_recognised_from_their_shapes(
+    name, embed, depth, heads, globals_
+):
+    from segment_anything import sam_model_registry
+
+    with torch.device("meta"):  # shapes only: no memory, no weights
+        state = sam_model_registry[name]().state_dict()
+    config = config_from_state_dict(state)
+    assert config["variant"] == name
+    assert (config["embed_dim"], config["depth"], config["num_heads"]) == (embed, depth, heads)
+    assert config["global_attn_indexes"] == globals_ and config["window_size"] == 14
+    assert (config["img_size"], config["out_chans"], config["decoder_heads"]) == (1024, 256, 8)
+    assert (config["decoder_mlp_dim"], config["mask_in_chans"]) == (2048, 16)
+
+
+class Payload:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (None, "does not exist"),
+        (lambda p: p.write_text("not weights"), "not a PyTorch checkpoint"),
+        (lambda p: torch.save({"a": torch.zeros(3)}, p), "not a Segment Anything checkpoint"),
+        (lambda p: torch.save([torch.zeros(2)], p), "does not hold a Segment Anything"),
+        (lambda p: torch.save(Payload(), p), "pickled Python objects"),
+        (
+            lambda p: torch.save({"format": "mapseg-model", "state_dict": {}}, p),
+            "MapSeg model file, not a Segment Anything",
+        ),
+    ],
+)
+def test_bad_checkpoints_give_clear_errors(tmp_path, make, message):
+    path = tmp_path / "bad.pth"
+    if make is not None:
+        make(path)
+    with pytest.raises(MapSegError, match=message) as info:
+        read_checkpoint(str(path))
+    assert "sam_vit_b_01ec64.pth" in str(info.value)  # says where to get a real one
+
+
+# -- windows for prompts ----------------------------------------------------------------------
+
+
+def test_plan_windows_shares_close_prompts_and_separates_far_ones():
+    extents = [(100, 100, 100, 100), (130, 120, 130, 120), (900, 700, 900, 700)]
+    windows = plan_windows(extents, 1000, 800, 256)
+    assert [w.prompts for w in windows] == [[0, 1], [2]]
+    assert windows[0].rect == (0, 0, 256, 256)  # centred on the prompts, clamped at the corner
+    assert windows[1].rect == (1000 - 256, 800 - 256, 256, 256)
+    for w in windows:
+        assert w.factor == 1.0 and w.out_size == (256, 256)
+        for i in w.prompts:
+            assert w.holds(extents[i])
+
+
+def test_plan_windows_reads_a_big_box_coarser_and_small_rasters_whole():
+    (big,) = plan_windows([(100, 100, 700, 400)], 1000, 800, 256)
+    x, y, w, h = big.rect
+    assert w == h and w >= 600 + 2 * 32 and big.holds((100, 100, 700, 400))
+    assert big.factor == pytest.approx(w / 256) and big.out_size == (256, 256)
+    (small,) = plan_windows([(10, 10, 20, 20), (50, 5, 50, 5)], 60, 40, 256)
+    assert small.rect == (0, 0, 60, 40) and small.prompts == [0, 1]
+
+
+def test_prompt_extent_drops_outside_points_and_clips_boxes(tmp_path):
+    from mapseg.core.raster import open_raster
+
+    path = write_raster(tmp_path / "r.tif", np.zeros((3, 50, 80), np.uint8))
+    grid = make_grid(open_raster(path))
+    p = Prompt(1, [to_map(10.5, 20.5), to_map(-5, 3)], [1, 0])
+    local, ext, note = prompt_extent(p, grid)
+    assert local.points == [pytest.approx((10.5, 20.5))] and local.labels == [1]
+    assert ext == pytest.approx((10.5, 20.5, 10.5, 20.5)) and "1 of its points" in note
+    box = Prompt(2, box=(*to_map(70, 45), *to_map(95, 30)))  # xmin, ymin, xmax, ymax
+    local, ext, _ = prompt_extent(box, grid)
+    assert local.box == pytest.approx((70, 30, 80, 45))
+    gone, ext, note = prompt_extent(Prompt(3, [to_map(200, 10)], [1]), grid)
+    assert gone is None and "outside the raster" in note
+
+
+# -- image preparation ----------------------------------------------------------------------
+
+
+def test_16bit_bands_are_stretched_by_percentiles_without_nodata(tmp_path):
+    from mapseg.core.raster import open_raster
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(1000, 3000, (4, 60, 70)).astype(np.uint16)
+    data[:, :10, :10] = 0  # nodata corner: must not stretch the histogram nor show
+    data[2, 30, 30] = 3000
+    path = write_raster(tmp_path / "u16.tif", data, nodata=0)
+    ds = open_raster(path)
+    source = ImageSource(ds, [3, 2, 1], make_grid(ds))
+    img = source.read((0, 0, 70, 60))
+    assert img.shape == (60, 70, 3) and img.dtype == np.uint8
+    assert (img[:10, :10] == 0).all()
+    lows = [s["low"] for s in source.stats]
+    assert min(lows) > 1000  # nodata excluded from the percentiles
+    assert img[30, 30, 0] == 255  # band 3 first
+    valid = img[10:, 10:].reshape(-1, 3)
+    assert 0.005 < (valid == 255).mean() < 0.05 and 0.005 < (valid == 0).mean() < 0.05
+
+
+def test_processing_pixel_size_averages_onto_a_coarser_grid(tmp_path):
+    from mapseg.core.raster import open_raster
+
+    data = np.zeros((3, 40, 60), np.uint8)
+    data[:, :, 30:] = 200
+    path = write_raster(tmp_path / "b.tif", data)
+    ds = open_raster(path)
+    grid = make_grid(ds, pixel_size=20.0)
+    assert (grid.width, grid.height, grid.scale) == (30, 20, 2.0)
+    assert grid.geotransform == (GT[0], 20.0, 0.0, GT[3], 0.0, -20.0)
+    img = ImageSource(ds, [1, 2, 3], grid).read((10, 5, 10, 4))
+    assert img.shape == (4, 10, 3)
+    assert (img[:, :5] == 0).all() and (img[:, 5:] == 200).all()
+
+
+def test_mask_to_geometry_is_georeferenced():
+    mask = np.zeros((5, 6), bool)
+    mask[1:3, 2:5] = True
+    geom = mask_to_geometry(mask, (1000.0, 2.0, 0.0, 500.0, 0.0, -2.0))
+    assert geom.GetGeometryName() == "MULTIPOLYGON"
+    assert geom.GetArea() == pytest.approx(6 * 4.0)
+    assert geom.GetEnvelope() == pytest.approx((1004.0, 1010.0, 494.0, 498.0))
+    assert mask_to_geometry(np.zeros((3, 3), bool), (0, 1, 0, 0, 0, -1)) is None
+
+
+# -- one embedding per window ----------------------------------------------------------------
+
+
+def test_prompts_sharing_a_window_share_one_embedding(tmp_path, tiny_sam_checkpoint):
+    sam, _ = load_sam(str(tiny_sam_checkpoint))
+    calls = []
+    hook = sam.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    data = np.random.default_rng(1).integers(0, 255, (3, 300, 700)).astype(np.uint8)
+    path = write_raster(tmp_path / "r.tif", data)
+    prompts = [
+        Prompt(1, [to_map(100, 100)], [1]),
+        Prompt(2, [to_map(140, 130), to_map(120, 110)], [1, 0]),
+        Prompt(3, [to_map(600, 250)], [1]),
+        Prompt(4, box=(*to_map(90, 150), *to_map(160, 80))),
+        Prompt(5, [to_map(900, 100)], [1]),  # outside
+    ]
+    warnings = []
+    stats = segment_with_prompts(
+        path, prompts, sam, str(tmp_path / "o.gpkg"), reporter=Reporter(warn=warnings.append)
+    )
+    hook.remove()
+    assert stats["windows"] == 2 and len(calls) == 2  # prompts 1, 2, 4 share the first
+    assert stats["prompts"] == 4 and stats["skipped"] == 1
+    assert any("Prompt 5 skipped" in w for w in warnings)
+    ds = ogr.Open(str(tmp_path / "o.gpkg"))
+    layer = ds.GetLayer()
+    assert layer.GetFeatureCount() == stats["features"] >= 3
+    for feature in layer:
+        env = feature.GetGeometryRef().GetEnvelope()
+        pid = feature["prompt_id"]
+        # Masks stay inside their 256-pixel window (2560 m) around the prompt.
+        cx = {1: 100, 2: 130, 3: 600, 4: 125}[pid] * 10 + GT[0]
+        assert env[0] >= cx - 2560 and env[1] <= cx + 2560, pid
+        assert GT[0] <= env[0] and env[1] <= GT[0] + 7000 and env[2] >= GT[3] - 3000
+
+
+# -- windows for automatic masks and their merge -------------------------------------------
+
+
+def test_tile_covers_with_exact_overlap_and_ends_on_the_edge():
+    rows = tile(600, 300, 256, 64)
+    assert [r[0][1] for r in rows] == [0, 44]
+    assert [w[0] for w in rows[0]] == [0, 192, 344]
+    assert all(w[2:] == (256, 256) for r in rows for w in r)
+    assert tile(100, 80, 256, 64) == [[(0, 0, 100, 80)]]
+
+
+def split(mask: np.ndarray, rows, score=0.9):
+    """The parts a window grid would see of a global mask, as SAM would return them."""
+    height, width = mask.shape
+    parts = []
+    for row in rows:
+        for x, y, w, h in row:
+            part = part_from_window(
+                mask[y : y + h, x : x + w], (x, y, w, h), width, height, score, 0.9
+            )
+            if part is not None:
+                parts.append(part)
+    return parts
+
+
+def merged(parts, rows):
+    merger = Merger()
+    out = []
+    by_window = {}
+    for p in parts:
+        by_window.setdefault(p.windows[0], []).append(p)
+    for r, row in enumerate(rows):
+        for c, window in enumerate(row):
+            for p in by_window.get(window, []):
+                merger.add(p)
+            nx = row[c + 1][0] if c + 1 < len(row) else None
+            ny = rows[r + 1][0][1] if r + 1 < len(rows) else None
+            out += merger.flush(nx, ny)
+    return out + merger.flush(None, None), merger
+
+
+def paint(parts, shape):
+    canvas = np.zeros(shape, np.int32)
+    for i, p in enumerate(parts, 1):
+        x0, y0, x1, y1 = p.bbox
+        canvas[y0:y1, x0:x1][p.mask] = i
+    return canvas
+
+
+def test_a_mask_cut_by_window_borders_is_joined_into_one():
+    rows = tile(200, 150, 100, 30)
+    truth = np.zeros((150, 200), bool)
+    truth[40:120, 50:170] = True  # spans all 2 x 3 windows
+    truth[60:70, 60:200] = True  # and touches the raster edge, which is not a cut
+    parts = split(truth, rows)
+    assert len(parts) == 6 and all(p.cut for p in parts)
+    out, merger = merged(parts, rows)
+    assert len(out) == 1 and merger.merged == 5
+    (obj,) = out
+    assert np.array_equal(paint([obj], truth.shape) > 0, truth)
+    assert len(obj.windows) == 6
+
+
+def test_whole_duplicates_are_dropped_and_neighbours_kept_apart():
+    rows = tile(200, 100, 120, 40)  # windows at x = 0 and 80, overlap 80..120
+    a = np.zeros((100, 200), bool)
+    a[30:60, 90:110] = True  # whole in both windows: a duplicate
+    b = np.zeros((100, 200), bool)
+    b[30:60, 112:119] = True  # whole in both as well, next to a but not a
+    c = np.zeros((100, 200), bool)
+    c[5:20, 10:40] = True  # only in the first window
+    parts = []
+    for mask, scores in ((a, (0.7, 0.8)), (b, (0.9, 0.6)), (c, (0.5, 0.5))):
+        for window, score in zip(rows[0], scores):
+            x, y, w, h = window
+            p = part_from_window(mask[y : y + h, x : x + w], window, 200, 100, score, 0.9)
+            if p is not None:
+                assert not p.cut
+                parts.append(p)
+    out, merger = merged(parts, rows)
+    assert merger.duplicates == 2 and merger.merged == 0 and len(out) == 3
+    got = {p.bbox: p.pred_iou for p in out}
+    assert got == {(90, 30, 110, 60): 0.8, (112, 30, 119, 60): 0.9, (10, 5, 40, 20): 0.5}
+
+
+def test_flush_keeps_masks_a_later_window_can_reach():
+    merger = Merger()
+    rows = tile(200, 100, 120, 40)
+    left = part_from_window(
+        np.pad(np.ones((5, 5), bool), ((10, 105), (10, 105))), rows[0][0], 200, 100, 0.9, 0.9
+    )
+    edge = np.zeros((100, 120), bool)
+    edge[50:60, 85:95] = True
+    right = part_from_window(edge, rows[0][0], 200, 100, 0.9, 0.9)
+    merger.add(left)
+    merger.add(right)
+    done = merger.flush(rows[0][1][0], None)
+    assert done == [left] and merger.pending == [right]
+
+
+# -- the SAM network for fine-tuning ---------------------------------------------------------
+
+
+def test_sam_net_trains_only_the_decoder_and_rebuilds_without_checkpoint(
+    tmp_path, tiny_sam_checkpoint
+):
+    import shutil
+
+    from mapseg.core.modelfile import build_model, load_model, new_meta, save_model
+    from mapseg.nets import build_network
+
+    ckpt = tmp_path / "copy.pth"
+    shutil.copy(tiny_sam_checkpoint, ckpt)
+    net = build_network("sam", 3, 2, checkpoint=str(ckpt)).train()
+    kwargs = net.mapseg_arch["kwargs"]
+    assert kwargs["checkpoint"] == str(ckpt) and kwargs["config"]["embed_dim"] == 32
+    x = torch.rand(2, 3, 45, 70)
+    out = net(x)
+    assert out.shape == (2, 2, 45, 70) and torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, 0], -out[:, 1])
+    torch.nn.functional.cross_entropy(out, torch.randint(0, 2, (2, 45, 70))).backward()
+    grads = {n for n, p in net.named_parameters() if p.grad is not None}
+    assert grads and all(n.startswith("sam.mask_decoder.") for n in grads)
+    assert not any(p.requires_grad for p in net.sam.image_encoder.parameters())
+    meta = new_meta(
+        architecture="sam",
+        arch_kwargs=kwargs,
+        in_bands=3,
+        band_stats=[{"offset": 0.0, "scale": 1.0, "low": 0.0, "high": 1.0}] * 3,
+        classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "object"}],
+        tile_size=64,
+    )
+    save_model(str(tmp_path / "m.pt"), meta, net.state_dict())
+    ckpt.unlink()  # Segment Raster never needs the checkpoint again
+    meta2, state = load_model(str(tmp_path / "m.pt"))
+    again = build_model(meta2, state).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net.eval()(x))
+
+
+def test_sam_net_refuses_wrong_bands_or_classes(tiny_sam_checkpoint):
+    from mapseg.nets import build_network
+
+    with pytest.raises(MapSegError, match="exactly 3 bands"):
+        build_network("sam", 4, 2, checkpoint=str(tiny_sam_checkpoint))
+    with pytest.raises(MapSegError, match="one object class"):
+        build_network("sam", 3, 5, checkpoint=str(tiny_sam_checkpoint))
+    with pytest.raises(MapSegError, match="needs a Segment Anything checkpoint"):
+        build_network("sam", 3, 2)
+
+
+def test_balanced_weights_draw_positive_and_negative_tiles_equally():
+    labels = [np.zeros((4, 4), np.uint8) for _ in range(8)]
+    labels[0][0, 0] = 1
+    labels[1][:2] = 1
+    labels[2][:] = 255  # nothing labelled: a negative
+    fractions = object_fractions(labels)
+    assert fractions[:3] == pytest.approx([1 / 16, 0.5, 0.0])
+    weights = balanced_weights(fractions)
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[:2].sum() == pytest.approx(0.5) and weights[2:].sum() == pytest.approx(0.5)
+    assert balanced_weights([0.2, 0.3]) == pytest.approx([0.5, 0.5])
+    assert balanced_weights(fractions, 0.5, min_fraction=0.1)[1] == pytest.approx(0.5)
+
+
+@pytest.mark.gpu
+def test_cuda_gives_the_cpu_masks(tmp_path, tiny_sam_checkpoint):
+    data = np.random.default_rng(2).integers(0, 255, (3, 200, 300)).astype(np.uint8)
+    path = write_raster(tmp_path / "r.tif", data)
+    prompts = [
+        Prompt(1, [to_map(60, 50)], [1]),
+        Prompt(2, box=(*to_map(150, 180), *to_map(280, 90))),
+    ]
+    areas = {}
+    for device in ("cpu", "cuda"):
+        sam, _ = load_sam(str(tiny_sam_checkpoint), device)
+        out = tmp_path / f"{device}.gpkg"
+        segment_with_prompts(path, prompts, sam, str(out))
+        ds = ogr.Open(str(out))
+        areas[device] = {f["prompt_id"]: f["area"] for f in ds.GetLayer()}
+        ds = None
+    assert set(areas["cuda"]) == set(areas["cpu"])
+    for pid, area in areas["cpu"].items():
+        assert areas["cuda"][pid] == pytest.approx(area, rel=0.05)
