@@ -324,6 +324,11 @@ def set_category_names(band: gdal.Band, names: dict) -> None:
 def read_classes(band: gdal.Band) -> Tuple[dict, dict]:
     """Colours and category names carried by a class band: ({value: rgba}, {value: name})."""
     colors, names = {}, {}
+    # GDAL 3.6: a GeoTIFF's category names live in its .aux.xml, which is only loaded once
+    # something asks the dataset for PAM data; until then GetCategoryNames() returns None.
+    ds = band.GetDataset()
+    if ds is not None:
+        ds.GetGeoTransform()
     table = band.GetRasterColorTable()
     cats = band.GetCategoryNames() or []
     if table is not None:

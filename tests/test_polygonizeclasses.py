@@ -1,0 +1,163 @@
+"""mapseg:polygonizeclasses through QGIS: processing.run, qgis_process, styling, dialog."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from conftest import CancelAfter, qgis_process_json, run_alg, save_dialog_screenshot
+from osgeo import ogr
+
+COLORS = {1: (230, 25, 75), 2: (60, 180, 75), 3: (0, 130, 200), 4: (255, 225, 25)}
+NAMES = ["", "urban", "forest", "water", "crops"]
+
+
+def class_array(rows=24, cols=32, seed=7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(1, 5, size=(rows // 4 + 1, cols // 4 + 1))
+    arr = np.kron(coarse, np.ones((4, 4), dtype=np.int64))[:rows, :cols]
+    speckle = rng.random((rows, cols)) < 0.05
+    arr[speckle] = rng.integers(1, 5, size=int(speckle.sum()))
+    return arr.astype(np.uint8)
+
+
+def areas_by_class(path):
+    ds = ogr.Open(str(path))
+    out = {}
+    for f in ds.GetLayer(0):
+        out[f["class"]] = out.get(f["class"], 0.0) + f["area"]
+    return out
+
+
+def test_run_writes_exact_class_areas(provider, tmp_raster, tmp_path):
+    arr = class_array()
+    src = tmp_raster(arr, color_table=COLORS, category_names=NAMES)
+    out = str(tmp_path / "classes.gpkg")
+    result = run_alg("polygonizeclasses", {"INPUT": src, "OUTPUT": out})
+    assert result["OUTPUT"] == out
+    from qgis.core import QgsVectorLayer
+
+    layer = QgsVectorLayer(out, "classes", "ogr")
+    assert layer.isValid() and layer.crs().authid() == "EPSG:32633"
+    assert [f.name() for f in layer.fields()][-4:] == ["class", "name", "area", "perimeter"]
+    names = {f["class"]: f["name"] for f in layer.getFeatures()}
+    assert names == {v: NAMES[v] for v in range(1, 5)}
+    areas = areas_by_class(out)
+    assert areas == pytest.approx({v: (arr == v).sum() * 100.0 for v in range(1, 5)})
+
+
+def test_geographic_areas_match_qgis_ellipsoid(provider, tmp_raster, tmp_path):
+    from qgis.core import (
+        QgsCoordinateTransformContext,
+        QgsDistanceArea,
+        QgsVectorLayer,
+    )
+
+    arr = class_array(20, 30, seed=11)
+    src = tmp_raster(arr, geotransform=(-3.0, 0.02, 0.0, 52.0, 0.0, -0.02), epsg=4326)
+    out = str(tmp_path / "geo.gpkg")
+    run_alg("polygonizeclasses", {"INPUT": src, "OUTPUT": out, "DISSOLVE": True})
+    layer = QgsVectorLayer(out, "geo", "ogr")
+    da = QgsDistanceArea()
+    da.setSourceCrs(layer.crs(), QgsCoordinateTransformContext())
+    da.setEllipsoid("EPSG:7030")  # WGS 84
+    assert da.willUseEllipsoid()
+    checked = 0
+    for f in layer.getFeatures():
+        qgis_area = da.measureArea(f.geometry())
+        qgis_perimeter = da.measurePerimeter(f.geometry())
+        assert f["area"] > 1e6  # m², not square degrees
+        assert f["area"] == pytest.approx(qgis_area, rel=1e-3)
+        assert f["perimeter"] == pytest.approx(qgis_perimeter, rel=1e-3)
+        checked += 1
+    assert checked == 4
+
+
+def test_post_processor_styles_the_layer(provider, tmp_raster, tmp_path):
+    import processing
+    from qgis.core import (
+        QgsCategorizedSymbolRenderer,
+        QgsProcessingContext,
+        QgsProcessingFeedback,
+        QgsProcessingOutputLayerDefinition,
+        QgsProject,
+        QgsVectorLayer,
+    )
+
+    src = tmp_raster(class_array(), color_table=COLORS, category_names=NAMES)
+    out = str(tmp_path / "styled.gpkg")
+    project = QgsProject()  # a private project: the algorithm never needs the global one
+    context = QgsProcessingContext()
+    context.setProject(project)
+    params = {"INPUT": src, "OUTPUT": QgsProcessingOutputLayerDefinition(out, project)}
+    feedback = QgsProcessingFeedback()
+    processing.run("mapseg:polygonizeclasses", params, feedback=feedback, context=context)
+    assert context.willLoadLayerOnCompletion(out)
+    post = context.layerToLoadOnCompletionDetails(out).postProcessor()
+    assert post is not None
+    layer = QgsVectorLayer(out, "styled", "ogr")
+    post.postProcessLayer(layer, context, feedback)
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsCategorizedSymbolRenderer)
+    assert renderer.classAttribute() == "class"
+    cats = {c.value(): (c.label(), c.symbol().color().getRgb()[:3]) for c in renderer.categories()}
+    assert cats == {v: (NAMES[v], COLORS[v]) for v in range(1, 5)}
+
+
+def test_qgis_process_subprocess(provider, tmp_raster, tmp_path):
+    arr = class_array()
+    arr[:2] = 0
+    src = tmp_raster(arr, category_names=NAMES)
+    out = str(tmp_path / "cli.shp")
+    params = {"INPUT": src, "IGNORE_VALUES": "0,4", "MIN_AREA": 250, "OUTPUT": out}
+    result = qgis_process_json("polygonizeclasses", params)
+    assert result["results"]["OUTPUT"] == out
+    areas = areas_by_class(out)
+    assert set(areas) == {1, 2, 3}
+    assert sum(areas.values()) == pytest.approx(np.isin(arr, (1, 2, 3)).sum() * 100.0)
+
+
+def test_dialog_screenshot(provider, qgis_iface):
+    path = save_dialog_screenshot("mapseg:polygonizeclasses", qgis_iface)
+    assert path.exists() and path.stat().st_size > 10_000
+
+
+def _raises(params, match, tmp_path, keep=()):
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match=match):
+        run_alg("polygonizeclasses", params)
+    left = sorted(p for p in os.listdir(tmp_path) if p not in keep)
+    assert left == [], left
+
+
+def test_bad_inputs(provider, tmp_raster, tmp_path):
+    src = tmp_raster(class_array())
+    keep = ("input.tif", "locked")
+    out = str(tmp_path / "o.gpkg")
+    _raises({"INPUT": src, "BAND": 3, "OUTPUT": out}, "Band 3 does not exist", tmp_path, keep)
+    _raises({"INPUT": src, "IGNORE_VALUES": "1,a", "OUTPUT": out}, "IGNORE_VALUES", tmp_path, keep)
+    _raises({"INPUT": src, "OUTPUT": src}, "same file as the input|not supported", tmp_path, keep)
+    frac = tmp_raster(class_array().astype(np.float32) + 0.25, name="frac.tif")
+    keep += ("frac.tif",)
+    _raises({"INPUT": frac, "OUTPUT": out}, "not whole classes", tmp_path, keep)
+    empty = tmp_raster(np.full((8, 8), 5, np.uint8), name="empty.tif", nodata=5)
+    keep += ("empty.tif",)
+    _raises({"INPUT": empty, "OUTPUT": out}, "no pixels to polygonize", tmp_path, keep)
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        params = {"INPUT": src, "OUTPUT": str(locked / "o.gpkg")}
+        _raises(params, "not writable", tmp_path, keep)
+
+
+def test_cancel_leaves_no_file(provider, tmp_raster, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    src = tmp_raster(class_array(200, 200))
+    out = tmp_path / "c.gpkg"
+    with pytest.raises(QgsProcessingException, match="Canceled"):
+        run_alg("polygonizeclasses", {"INPUT": src, "OUTPUT": str(out)}, CancelAfter(30))
+    assert sorted(os.listdir(tmp_path)) == ["input.tif"]
