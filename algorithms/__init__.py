@@ -4,10 +4,12 @@ from .evaluatesegmentation import EvaluateSegmentation
 from .polygonizeclasses import PolygonizeClasses
 from .samautomaticmasks import SamAutomaticMasks
 from .segmentwithsam import SegmentWithSam
+from .topographicsinks import TopographicSinks
 
 ALGORITHMS = [
     EvaluateSegmentation,
     PolygonizeClasses,
     SegmentWithSam,
     SamAutomaticMasks,
+    TopographicSinks,
 ]
