@@ -66,7 +66,7 @@ def missing_modules(modules) -> list:
 
 
 class MapSegAlgorithm(QgsProcessingAlgorithm):
-    """Subclasses set NAME, DISPLAY, GROUP and REQUIRES, and implement initAlgorithm/run."""
+    """Subclasses set NAME, DISPLAY, GROUP and REQUIRES, and implement initAlgorithm/process."""
 
     NAME = ""
     DISPLAY = ""
@@ -136,19 +136,13 @@ class MapSegAlgorithm(QgsProcessingAlgorithm):
         if not ok:
             raise QgsProcessingException(message)
         try:
-            return self._mapseg_run(parameters, context, feedback)
+            return self.process(parameters, context, feedback)
         except MapSegError as err:
             raise QgsProcessingException(str(err)) from None
 
-    def __init_subclass__(cls, **kwargs):
-        # processing.run and the Toolbox dialog call QgsProcessingAlgorithm.run(...): a
-        # subclass's own ``run`` must not hide it, so it is kept as ``_mapseg_run``.
-        super().__init_subclass__(**kwargs)
-        if "run" in cls.__dict__:
-            cls._mapseg_run = cls.__dict__["run"]
-            delattr(cls, "run")
-
-    def _mapseg_run(self, parameters, context, feedback) -> dict:  # pragma: no cover
+    # Named ``process``, not ``run``: QgsProcessingAlgorithm.run is what processing.run and the
+    # Toolbox dialog call, and a subclass must never hide it.
+    def process(self, parameters, context, feedback) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- parameter helpers shared by several algorithms ------------------------------------

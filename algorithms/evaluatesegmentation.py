@@ -149,7 +149,7 @@ class EvaluateSegmentation(MapSegAlgorithm):
         for key, label in self.NUMBERS.items():
             self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
 
-    def run(self, parameters, context, feedback):
+    def process(self, parameters, context, feedback):
         from ..core.evaluate import evaluate, parse_ignore, table_rows
         from ..core.raster import check_destination
 

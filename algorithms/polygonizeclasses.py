@@ -6,8 +6,6 @@ from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsFillSymbol,
     QgsProcessing,
-    QgsProcessingAlgorithm,
-    QgsProcessingException,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
@@ -20,7 +18,6 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
-from ..core.errors import MapSegError
 from ..core.polygonize import polygonize_classes
 from .base import MapSegAlgorithm
 
@@ -122,21 +119,6 @@ class PolygonizeClasses(MapSegAlgorithm):
                 self.OUTPUT, self.tr("Class polygons"), QgsProcessing.TypeVectorPolygon
             )
         )
-
-    # MapSegAlgorithm's `run` hook shadows QgsProcessingAlgorithm.run, which processing.run
-    # and the batch dialog call with QGIS's signature: restore QGIS's run and route
-    # processAlgorithm to `process` here.
-    def run(self, *args, **kwargs):
-        return QgsProcessingAlgorithm.run(self, *args, **kwargs)
-
-    def processAlgorithm(self, parameters, context, feedback):
-        ok, message = self.canExecute()
-        if not ok:
-            raise QgsProcessingException(message)
-        try:
-            return self.process(parameters, context, feedback)
-        except MapSegError as err:
-            raise QgsProcessingException(str(err)) from None
 
     def process(self, parameters, context, feedback):
         src = self.raster_source(parameters, self.INPUT, context)

@@ -11,10 +11,11 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from .segmentwithsam import DEVICES, SamAlgorithm, checkpoint_parameter, load_sam
+from .base import MapSegAlgorithm
+from .segmentwithsam import DEVICES, checkpoint_parameter, load_sam
 
 
-class SamAutomaticMasks(SamAlgorithm):
+class SamAutomaticMasks(MapSegAlgorithm):
     NAME = "samautomaticmasks"
     DISPLAY = "SAM Automatic Masks"
     GROUP = "Segment Anything"

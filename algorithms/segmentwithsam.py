@@ -7,7 +7,6 @@ from qgis.core import (
     QgsCsException,
     QgsFeatureRequest,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterBand,
     QgsProcessingParameterEnum,
@@ -22,7 +21,6 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from ..core.errors import MapSegError
 from .base import MapSegAlgorithm
 
 DEVICES = ["auto", "cpu", "cuda"]
@@ -73,28 +71,7 @@ def plain(value, kind: int):
     return str(value)
 
 
-class SamAlgorithm(MapSegAlgorithm):
-    """The Segment Anything algorithms' base: engine errors as in MapSegAlgorithm.
-
-    MapSegAlgorithm's ``run`` hook shadows QgsProcessingAlgorithm.run, which processing.run
-    and the batch dialog call with QGIS's signature: keep QGIS's run and route
-    processAlgorithm to ``process`` (as Segment Raster does).
-    """
-
-    def run(self, *args, **kwargs):
-        return QgsProcessingAlgorithm.run(self, *args, **kwargs)
-
-    def processAlgorithm(self, parameters, context, feedback):
-        ok, message = self.canExecute()
-        if not ok:
-            raise QgsProcessingException(message)
-        try:
-            return self.process(parameters, context, feedback)
-        except MapSegError as err:
-            raise QgsProcessingException(str(err)) from None
-
-
-class SegmentWithSam(SamAlgorithm):
+class SegmentWithSam(MapSegAlgorithm):
     NAME = "segmentwithsam"
     DISPLAY = "Segment With SAM"
     GROUP = "Segment Anything"

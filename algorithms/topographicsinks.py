@@ -91,7 +91,7 @@ class TopographicSinks(MapSegAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.SINK_COUNT, self.tr("Sink polygons")))
         self.addOutput(QgsProcessingOutputNumber(self.VOLUME, self.tr("Total sink volume")))
 
-    def run(self, parameters, context, feedback):
+    def process(self, parameters, context, feedback):
         from ..core.terrain import topographic_sinks
 
         src = self.raster_source(parameters, self.INPUT, context)
