@@ -7,7 +7,7 @@ through ``canExecute``).
 
 from pathlib import Path
 
-from qgis.core import QgsProcessingProvider
+from qgis.core import QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms import ALGORITHMS
@@ -44,3 +44,9 @@ class MapSegProvider(QgsProcessingProvider):
     def loadAlgorithms(self):
         for cls in ALGORITHMS:
             self.addAlgorithm(cls())
+        # Shipped Graphical Modeler chains appear in the Toolbox under MapSeg > Models.
+        for path in sorted((HERE / "models").glob("*.model3")):
+            model = QgsProcessingModelAlgorithm()
+            if model.fromFile(str(path)):
+                model.setSourceFilePath(str(path))
+                self.addAlgorithm(model)

@@ -78,7 +78,9 @@ def qgis_process(
     alg: str, params: dict, timeout: int = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run ``bin/qgis_process run mapseg:<alg> --json -- K=V ...`` in a subprocess."""
-    args = [str(QGIS_PROCESS), "run", alg if ":" in alg else f"mapseg:{alg}", "--json", "--"]
+    if ":" not in alg and not alg.endswith((".model3", ".py")):
+        alg = f"mapseg:{alg}"  # a bare name is a MapSeg algorithm; a path is a model/script
+    args = [str(QGIS_PROCESS), "run", alg, "--json", "--"]
     for key, value in params.items():
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:

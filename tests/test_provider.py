@@ -21,9 +21,16 @@ def test_metadata_is_complete():
 
 
 def test_provider_lists_every_algorithm(provider):
-    ids = sorted(a.id() for a in provider.algorithms())
+    from qgis.core import QgsProcessingModelAlgorithm
+
+    algs = [a for a in provider.algorithms() if not isinstance(a, QgsProcessingModelAlgorithm)]
+    ids = sorted(a.id() for a in algs)
     assert ids == sorted(f"mapseg:{cls.NAME}" for cls in ALGORITHMS)
-    for alg in provider.algorithms():
+    models = sorted(p.stem for p in (ROOT / "models").glob("*.model3"))
+    loaded = [a for a in provider.algorithms() if isinstance(a, QgsProcessingModelAlgorithm)]
+    assert len(loaded) == len(models) >= 1
+    assert all(m.group() == "Models" and m.shortHelpString() for m in loaded)
+    for alg in algs:
         assert alg.displayName() and alg.group()
         assert alg.shortHelpString(), f"{alg.id()} has no help text"
 
