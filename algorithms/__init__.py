@@ -3,12 +3,14 @@
 from .evaluatesegmentation import EvaluateSegmentation
 from .polygonizeclasses import PolygonizeClasses
 from .samautomaticmasks import SamAutomaticMasks
+from .segmentraster import SegmentRaster
 from .segmentwithsam import SegmentWithSam
 from .topographicsinks import TopographicSinks
 
 ALGORITHMS = [
     EvaluateSegmentation,
     PolygonizeClasses,
+    SegmentRaster,
     SegmentWithSam,
     SamAutomaticMasks,
     TopographicSinks,
