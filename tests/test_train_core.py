@@ -1,0 +1,382 @@
+"""Train Model's engine without QGIS: labels, tiles, split, loop, metrics, model file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_raster
+from osgeo import gdal, ogr, osr
+
+from mapseg.core import labels as lab
+from mapseg.core.dataset import Tile, TileReader, scan_tiles, spatial_split
+from mapseg.core.errors import CanceledError, MapSegError
+from mapseg.core.metrics import ConfusionMatrix
+from mapseg.core.modelfile import build_model, load_model
+from mapseg.core.normalize import normalise
+from mapseg.core.progress import Reporter
+from mapseg.core.train import FitConfig, class_weights
+from mapseg.core.train_job import TrainJob, train_model
+
+# The test machine has 2 shared cores: one intra-op thread avoids OpenMP oversubscription, which
+# makes tiny networks 10x slower under load. Results do not depend on it.
+torch.set_num_threads(1)
+
+LEVELS = np.array([300, 1500, 2700])  # band-1 value of classes 1, 2, 3 (uint16 imagery)
+
+
+def scene(h: int = 128, w: int = 128, seed: int = 0):
+    """(image (3, h, w) uint16, labels (h, w) uint8 in 1..3): per-pixel separable classes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    cls = 1 + (np.sin(xx / 6.0) + np.cos(yy / 5.0) > 0).astype(np.uint8)
+    cls[(xx + 2 * yy) % 37 < 6] = 3
+    b1 = LEVELS[cls - 1] + rng.normal(0, 150, cls.shape)
+    b2 = 4000 - LEVELS[cls - 1] + rng.normal(0, 150, cls.shape)
+    b3 = rng.normal(2000, 300, cls.shape)  # pure noise band
+    img = np.clip(np.stack([b1, b2, b3]), 0, 65535).astype(np.uint16)
+    return img, cls
+
+
+def fast_fit(**kw) -> FitConfig:
+    base = dict(epochs=6, batch_size=2, learning_rate=0.02, seed=0)
+    base.update(kw)
+    return FitConfig(**base)
+
+
+def job(tmp_path, img_path, lab_path, name="model.pt", **kw) -> TrainJob:
+    base = dict(
+        images=[str(img_path)],
+        label_rasters=[str(lab_path)],
+        output=str(tmp_path / name),
+        tile_size=32,
+        arch_kwargs={"base_width": 4},
+        fit=fast_fit(),
+    )
+    base.update(kw)
+    return TrainJob(**base)
+
+
+def predict(meta: dict, state: dict, img: np.ndarray) -> np.ndarray:
+    """Class values predicted by a saved model on a whole (small) image."""
+    net = build_model(meta, state).eval()
+    x = normalise(img.astype(np.float32), meta["band_stats"])
+    with torch.no_grad():
+        idx = net(torch.from_numpy(x)[None]).argmax(1)[0].numpy()
+    return np.array([c["value"] for c in meta["classes"]])[idx]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    img, cls = scene()
+    return {
+        "dir": d,
+        "img": img,
+        "cls": cls,
+        "img_path": write_raster(d / "img.tif", img),
+        "lab_path": write_raster(d / "lab.tif", cls, nodata=0),
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    log = []
+    meta = train_model(
+        job(data["dir"], data["img_path"], data["lab_path"], fit=fast_fit(epochs=10)),
+        Reporter(log=log.append),
+    )
+    return meta, str(data["dir"] / "model.pt"), log
+
+
+def test_learns_a_separable_task(trained, data):
+    meta, path, log = trained
+    assert meta["metrics"]["miou"] > 0.85, meta["history"]
+    assert meta["metrics"]["evaluated_on"] == "validation tiles"
+    assert [c["value"] for c in meta["classes"]] == [1, 2, 3]
+    assert meta["architecture"] == "unet" and meta["arch_kwargs"]["base_width"] == 4
+    assert meta["in_bands"] == 3 and meta["tile_size"] == 32
+    assert meta["pixel_size"] == [10.0, 10.0] and "UTM zone 33N" in meta["crs_wkt"]
+    assert len(meta["history"]) == 10 and not meta["training"]["stopped_early"]
+    assert sum(1 for m in log if m.startswith("Epoch ")) == 10
+    # Generated palette: three distinct colours.
+    assert len({tuple(c["color"]) for c in meta["classes"]}) == 3
+    # The saved file (normalisation included) predicts the whole scene well.
+    m2, state = load_model(path)
+    pred = predict(m2, state, data["img"])
+    assert (pred == data["cls"]).mean() > 0.9
+
+
+def test_modelfile_roundtrip_and_model_info(trained):
+    meta, path, _ = trained
+    m2, state = load_model(path)
+    assert m2["classes"] == meta["classes"] and m2["band_stats"] == meta["band_stats"]
+    assert m2["metrics"]["miou"] == pytest.approx(meta["metrics"]["miou"])
+    net = build_model(m2, state)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+    out = subprocess.run(
+        [sys.executable, "-m", "mapseg.core.model_info", path],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "unet" in out and "class 1" in out and "class 3" in out and "epochs       : 10" in out
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "mapseg-model", "version": 1, "meta": _Evil(marker)}, path)
+    with pytest.raises(MapSegError, match="Refusing to load"):
+        load_model(str(path))
+    assert not marker.exists()
+
+
+def test_metrics_equal_scikit_learn():
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(3)
+    ref = rng.integers(0, 4, 5000)
+    pred = np.where(rng.random(5000) < 0.7, ref, rng.integers(0, 4, 5000))
+    pred[pred == 3] = 2  # class 3 is never predicted
+    cm = ConfusionMatrix(4)
+    for i in range(0, 5000, 777):  # streamed in uneven blocks
+        cm.update(ref[i : i + 777], pred[i : i + 777])
+    s = cm.scores()
+    assert s["pixels"] == 5000
+    assert s["accuracy"] == pytest.approx(skm.accuracy_score(ref, pred))
+    assert s["kappa"] == pytest.approx(skm.cohen_kappa_score(ref, pred))
+    assert s["miou"] == pytest.approx(skm.jaccard_score(ref, pred, average="macro"))
+    ious = skm.jaccard_score(ref, pred, average=None)
+    prec = skm.precision_score(ref, pred, average=None, zero_division=0)
+    rec = skm.recall_score(ref, pred, average=None)
+    f1 = skm.f1_score(ref, pred, average=None)
+    for i, c in enumerate(s["per_class"]):
+        assert c["iou"] == pytest.approx(ious[i])
+        assert c["precision"] == pytest.approx(prec[i])
+        assert c["recall"] == pytest.approx(rec[i])
+        assert c["f1"] == pytest.approx(f1[i])
+    assert np.array_equal(np.array(s["confusion"]), skm.confusion_matrix(ref, pred))
+    # A validity mask drops pixels exactly as subsetting does.
+    cm2 = ConfusionMatrix(4)
+    cm2.update(ref, pred, valid=ref != 0)
+    assert cm2.total == int((ref != 0).sum())
+
+
+def test_spatial_split_keeps_validation_apart():
+    tiles = [
+        Tile(r, min(x, w - 32), min(y, h - 32), 32, 32, x // 32, y // 32, {1: 10 + x % 7})
+        for r, (w, h) in enumerate([(300, 200), (130, 250)])
+        for y in range(0, h, 32)
+        for x in range(0, w, 32)
+    ]
+    train, val = spatial_split(tiles, 0.25, seed=1)
+    assert train and val and not set(train) & set(val)
+    for i in train:
+        for j in val:
+            assert not tiles[i].overlaps(tiles[j]), (tiles[i], tiles[j])
+    weight = np.array([sum(t.values.values()) for t in tiles], float)
+    share = weight[val].sum() / weight.sum()
+    assert 0.2 <= share <= 0.5
+    # Validation tiles come as spatial blocks: every one has a validation neighbour.
+    for j in val:
+        t = tiles[j]
+        assert any(
+            tiles[k].raster == t.raster
+            and abs(tiles[k].col - t.col) + abs(tiles[k].row - t.row) == 1
+            for k in val
+        )
+    assert spatial_split(tiles, 0.25, seed=1) == (train, val)
+    assert spatial_split(tiles, 0.0, seed=1) == (list(range(len(tiles))), [])
+
+
+def test_partial_labels_train_only_on_labelled_pixels(tmp_path, data):
+    sparse = np.full_like(data["cls"], 255)
+    sparse[:40, :40] = data["cls"][:40, :40]  # labels only in the top-left corner
+    lab_path = write_raster(tmp_path / "sparse.tif", sparse)  # no nodata: 255 = ignore value
+    layers = [lab.label_raster(lab_path, gdal.Open(data["img_path"]), 255, Reporter())]
+    tiles = scan_tiles([gdal.Open(data["img_path"])], layers, 32, Reporter())
+    assert sorted((t.x, t.y) for t in tiles) == [(0, 0), (0, 32), (32, 0), (32, 32)]
+    assert sum(sum(t.values.values()) for t in tiles) == 1600
+    meta = train_model(
+        job(tmp_path, data["img_path"], lab_path, val_fraction=0.0, fit=fast_fit(epochs=10)),
+        Reporter(),
+    )
+    assert sum(meta["training"]["train_pixels"]) == 1600
+    assert meta["metrics"]["evaluated_on"] == "training tiles"
+    pred = predict(*load_model(str(tmp_path / "model.pt")), data["img"])
+    assert (pred == data["cls"]).mean() > 0.8  # generalises beyond the labelled corner
+
+
+def test_class_weights_favour_rare_classes():
+    w = class_weights(np.array([9000, 1000, 0]))
+    assert w[1] / w[0] == pytest.approx(3.0)  # inverse square-root frequency
+    assert (w[:2] * [9000, 1000]).sum() / 10000 == pytest.approx(1.0)
+    assert w[2] == 1.0
+    assert np.all(class_weights(np.array([10**8, 1])) <= 10.0)
+
+
+def test_same_seed_same_model_and_lazy_equals_preloaded(tmp_path, data):
+    def run(name, seed, budget):
+        train_model(
+            job(tmp_path, data["img_path"], data["lab_path"], name=name,
+                memory_budget_mb=budget, fit=fast_fit(epochs=2, seed=seed)),
+            Reporter(),
+        )  # fmt: skip
+        return load_model(str(tmp_path / name))
+
+    (m1, s1), (m2, s2) = run("a.pt", 7, 1024), run("b.pt", 7, 0)
+    assert m1["training"]["tiles_in_memory"] and not m2["training"]["tiles_in_memory"]
+    for k in s1:
+        assert torch.equal(s1[k], s2[k]), k
+    assert m1["history"][-1]["train_loss"] == m2["history"][-1]["train_loss"]
+    _, s3 = run("c.pt", 8, 1024)
+    assert any(not torch.equal(s1[k], s3[k]) for k in s1 if s1[k].is_floating_point())
+
+
+def test_time_limit_stops_and_keeps_a_model(tmp_path, data):
+    log = []
+    meta = train_model(
+        job(
+            tmp_path, data["img_path"], data["lab_path"], fit=fast_fit(epochs=500, max_minutes=0.02)
+        ),
+        Reporter(log=log.append),
+    )
+    tr = meta["training"]
+    assert tr["stopped_early"] and tr["stop_reason"] == "time"
+    assert 1 <= tr["epochs_run"] < 500 and tr["seconds"] < 30
+    assert meta["history"][-1]["complete"] is False
+    assert any("stopped early" in m for m in log)
+    assert load_model(str(tmp_path / "model.pt"))[0]["training"]["stopped_early"]
+
+
+def test_cancel_during_training_keeps_the_best_model(tmp_path, data):
+    calls = {"n": 0, "epochs": 0}
+    log = []
+
+    def on_log(msg):
+        log.append(msg)
+        calls["epochs"] += msg.startswith("Epoch ")
+
+    # Cancel once two epochs are done: the next batch's progress report stops training.
+    rep = Reporter(progress=lambda p: None, is_canceled=lambda: calls["epochs"] >= 2, log=on_log)
+    meta = train_model(
+        job(tmp_path, data["img_path"], data["lab_path"], fit=fast_fit(epochs=50)), rep
+    )
+    tr = meta["training"]
+    assert tr["stopped_early"] and tr["stop_reason"] == "canceled"
+    assert tr["epochs_run"] == 2 and len(meta["history"]) == 2
+    best = max(h["val_miou"] for h in meta["history"])
+    assert meta["metrics"]["miou"] == pytest.approx(best)
+    assert any("canceled by the user" in m for m in log)
+    assert os.path.exists(tmp_path / "model.pt")
+
+
+def test_cancel_before_training_writes_nothing(tmp_path, data):
+    rep = Reporter(progress=lambda p: None, is_canceled=lambda: True)
+    with pytest.raises(CanceledError):
+        train_model(job(tmp_path, data["img_path"], data["lab_path"]), rep)
+    assert not os.listdir(tmp_path)
+
+
+def test_label_raster_on_another_grid_is_resampled(tmp_path, data):
+    # Labels at 20 m covering a larger extent, shifted by one 20 m cell to the north-west.
+    coarse = np.zeros((66, 66), np.uint8)
+    coarse[1:65, 1:65] = data["cls"][::2, ::2]
+    gt = (500000.0 - 20, 20.0, 0.0, 4000000.0 + 20, 0.0, -20.0)
+    lab_path = write_raster(tmp_path / "coarse.tif", coarse, geotransform=gt, nodata=0)
+    log = []
+    layer = lab.label_raster(lab_path, gdal.Open(data["img_path"]), 255, Reporter(log=log.append))
+    arr = layer.dataset.ReadAsArray()
+    assert arr.shape == (128, 128)
+    assert np.array_equal(arr, np.repeat(np.repeat(data["cls"][::2, ::2], 2, 0), 2, 1))
+    assert any("nearest neighbour" in m for m in log)
+
+
+def test_text_class_field_needs_classes(tmp_path, data):
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    path = str(tmp_path / "poly.gpkg")
+    vds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+    layer = vds.CreateLayer("poly", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("kind", ogr.OFTString))
+    feat = ogr.Feature(layer.GetLayerDefn())
+    feat.SetField("kind", "Water")
+    feat.SetGeometry(ogr.CreateGeometryFromWkt(
+        "POLYGON((12.0 36.1,12.1 36.1,12.1 36.2,12.0 36.2,12.0 36.1))"))  # fmt: skip
+    layer.CreateFeature(feat)
+    vds = None
+    with pytest.raises(MapSegError, match="holds text"):
+        lab.polygon_classes(path, "kind", [])
+    plan = lab.polygon_classes(path, "kind", lab.parse_classes("4:water:#0000ff"))
+    assert plan["burn"] and plan["burn"][0][1] == 4
+
+
+def test_parse_classes():
+    table = lab.parse_classes("1:water:#1f78b4, 2:forest; 5")
+    assert table == [
+        {"value": 1, "name": "water", "color": [31, 120, 180]},
+        {"value": 2, "name": "forest"},
+        {"value": 5, "name": ""},
+    ]
+    built = lab.build_classes([1, 2, 5], table, names={5: "urban"})
+    assert [c["name"] for c in built] == ["water", "forest", "urban"]
+    assert built[0]["color"] == [31, 120, 180] and len({tuple(c["color"]) for c in built}) == 3
+    for bad in ("x:water", "1:a:#12", "1:a, 1:b"):
+        with pytest.raises(MapSegError):
+            lab.parse_classes(bad)
+
+
+def test_class_names_and_colours_come_from_the_label_raster(tmp_path, data):
+    lab_path = write_raster(
+        tmp_path / "named.tif",
+        data["cls"],
+        nodata=0,
+        color_table={1: (0, 0, 255), 2: (0, 128, 0), 3: (200, 0, 0)},
+        category_names=["", "water", "forest", "urban"],
+    )
+    layer = lab.label_raster(lab_path, gdal.Open(data["img_path"]), 255, Reporter())
+    assert layer.unlabelled == [0.0, 255.0]
+    table = lab.build_classes([1, 2, 3], [], layer.names, layer.colors)
+    assert [(c["value"], c["name"], c["color"]) for c in table] == [
+        (1, "water", [0, 0, 255]),
+        (2, "forest", [0, 128, 0]),
+        (3, "urban", [200, 0, 0]),
+    ]
+
+
+def test_tile_reader_pads_small_rasters(tmp_path):
+    img = np.arange(2 * 20 * 24, dtype=np.float32).reshape(2, 20, 24)
+    cls = np.ones((20, 24), np.uint8)
+    cls[:, :12] = 2
+    ip = write_raster(tmp_path / "i.tif", img)
+    lp = write_raster(tmp_path / "l.tif", cls)
+    ds = gdal.Open(ip)
+    layers = [lab.label_raster(lp, ds, 255, Reporter())]
+    tiles = scan_tiles([ds], layers, 32, Reporter())
+    assert len(tiles) == 1 and (tiles[0].w, tiles[0].h) == (24, 20)
+    stats = [{"offset": 0.0, "scale": 1000.0, "low": 0.0, "high": 1000.0}] * 2
+    x, y = np.empty((2, 32, 32), np.float32), np.empty((32, 32), np.int64)
+    TileReader([ds], layers, [1, 2], stats, 32).read(tiles[0], x, y)
+    assert np.allclose(x[:, :20, :24], np.clip(img, 0, 1000) / 1000.0)
+    assert (x[:, 20:, :] == 0).all() and (y[20:, :] == -1).all() and (y[:, 24:] == -1).all()
+    assert (y[:20, :12] == 1).all() and (y[:20, 12:24] == 0).all()
+
+
+def test_model_info_of_missing_file_fails_cleanly(tmp_path, capsys):
+    from mapseg.core.model_info import main
+
+    assert main([str(tmp_path / "none.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err

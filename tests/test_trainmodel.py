@@ -1,0 +1,279 @@
+"""Train Model through QGIS: processing.run, qgis_process, the dialog, polygons, bad inputs."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    CancelAfter,
+    qgis_process_json,
+    run_alg,
+    save_dialog_screenshot,
+    write_raster,
+)
+from osgeo import ogr, osr
+from test_train_core import scene
+
+from mapseg.core.modelfile import load_model
+
+# Two shared cores: one intra-op thread (here and in qgis_process) avoids OpenMP
+# oversubscription that makes tiny networks 10x slower under load.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+FAST = {
+    "ARCHITECTURE": 0,
+    "ARCH_OPTIONS": "base_width=4",
+    "TILE_SIZE": 32,
+    "BATCH_SIZE": 2,
+    "LEARNING_RATE": 0.02,
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("trainmodel")
+    img, cls = scene()
+    return {
+        "dir": d,
+        "img": img,
+        "cls": cls,
+        "img_path": write_raster(d / "img.tif", img),
+        "lab_path": write_raster(d / "lab.tif", cls, nodata=0),
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(provider, data):
+    out = data["dir"] / "model.pt"
+    report = data["dir"] / "report.html"
+    res = run_alg(
+        "trainmodel",
+        {
+            **FAST,
+            "INPUT": [data["img_path"]],
+            "LABELS": [data["lab_path"]],
+            "CLASSES": "1:water:#1f78b4, 2:forest:#33a02c, 3:urban",
+            "EPOCHS": 10,
+            "OUTPUT_MODEL": str(out),
+            "OUTPUT_REPORT": str(report),
+        },
+    )
+    return res, out, report
+
+
+def test_trains_through_processing(trained):
+    res, out, report = trained
+    assert res["OUTPUT_MODEL"] == str(out) and res["OUTPUT_REPORT"] == str(report)
+    meta, _ = load_model(str(out))
+    assert res["VAL_MIOU"] == pytest.approx(meta["metrics"]["miou"])
+    assert res["VAL_ACCURACY"] == pytest.approx(meta["metrics"]["accuracy"])
+    assert res["VAL_MIOU"] > 0.85
+    assert [(c["value"], c["name"]) for c in meta["classes"]] == [
+        (1, "water"),
+        (2, "forest"),
+        (3, "urban"),
+    ]
+    assert meta["classes"][0]["color"] == [31, 120, 180]
+    assert meta["classes"][2]["color"] not in ([31, 120, 180], [51, 160, 44])
+    assert meta["training"]["device"] == "cpu" and len(meta["history"]) == 10
+
+
+def test_report_holds_curves_and_tables(trained):
+    res, out, report = trained
+    text = report.read_text()
+    assert len(re.findall(r"<img alt='[^']+' src='data:image/png;base64,", text)) == 2
+    assert "Per-class scores" in text and "Confusion matrix" in text
+    meta, _ = load_model(str(out))
+    for c, p in zip(meta["classes"], meta["metrics"]["per_class"]):
+        assert c["name"] in text and f"{p['iou']:.4f}" in text
+    row = meta["metrics"]["confusion"][0]
+    assert "".join(f"<td>{v}</td>" for v in row) in text
+    assert "cpu" in text and "Training time" in text
+
+
+def test_fine_tune_keeps_classes_and_normalisation(provider, trained, data, tmp_path):
+    _, base, _ = trained
+    out = tmp_path / "tuned.pt"
+    res = run_alg(
+        "trainmodel",
+        {
+            **FAST,
+            "ARCHITECTURE": 1,  # ignored: the model's architecture is kept
+            "INPUT": [data["img_path"]],
+            "LABELS": [data["lab_path"]],
+            "INIT_MODEL": str(base),
+            "LEARNING_RATE": 0.001,  # fine-tuning: a gentle learning rate
+            "EPOCHS": 1,
+            "OUTPUT_MODEL": str(out),
+        },
+    )
+    m0, _ = load_model(str(base))
+    m1, _ = load_model(res["OUTPUT_MODEL"])
+    assert m1["architecture"] == "unet" and m1["classes"] == m0["classes"]
+    assert m1["band_stats"] == m0["band_stats"]
+    assert m1["training"]["init_model"] == "model.pt"
+    assert res["VAL_MIOU"] > 0.8  # starts from a trained model: good after one epoch
+
+
+def _buildings(tmp_path, epsg_vector=4326, text=True):
+    """Bright squares (buildings) on a dark background, and their polygons in ``epsg_vector``."""
+    rng = np.random.default_rng(1)
+    mask = np.zeros((128, 128), bool)
+    squares = [(8, 10), (60, 20), (30, 80), (90, 96), (100, 40)]
+    for r, c in squares:
+        mask[r : r + 20, c : c + 20] = True
+    img = np.where(mask, 200, 60)[None] + rng.normal(0, 12, (2, 128, 128))
+    img_path = write_raster(tmp_path / "bld.tif", img.astype(np.float32))
+    src, dst = osr.SpatialReference(), osr.SpatialReference()
+    src.ImportFromEPSG(32633)
+    dst.ImportFromEPSG(epsg_vector)
+    for s in (src, dst):
+        s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    ct = osr.CoordinateTransformation(src, dst)
+    path = str(tmp_path / "bld.gpkg")
+    vds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+    layer = vds.CreateLayer("buildings", dst, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("kind", ogr.OFTString if text else ogr.OFTInteger))
+    for r, c in squares:
+        x0, y0 = 500000 + 10 * c, 4000000 - 10 * r
+        ring = [(x0, y0), (x0 + 200, y0), (x0 + 200, y0 - 200), (x0, y0 - 200), (x0, y0)]
+        wkt = ", ".join("{:.10f} {:.10f}".format(*ct.TransformPoint(x, y)[:2]) for x, y in ring)
+        feat = ogr.Feature(layer.GetLayerDefn())
+        feat.SetField("kind", "Building" if text else 1)
+        feat.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({wkt}))"))
+        layer.CreateFeature(feat)
+    vds = None
+    return img_path, path, mask
+
+
+def test_label_polygons_in_another_crs(provider, tmp_path):
+    img_path, poly, mask = _buildings(tmp_path)
+    res = run_alg(
+        "trainmodel",
+        {
+            **FAST,
+            "INPUT": [img_path],
+            "LABEL_POLYGONS": poly,
+            "CLASS_FIELD": "kind",
+            "BACKGROUND_VALUE": 0,
+            "CLASSES": "0:background:#000000, 1:building:#ff0000",
+            "EPOCHS": 6,
+            "OUTPUT_MODEL": str(tmp_path / "bld.pt"),
+        },
+    )
+    meta, _ = load_model(res["OUTPUT_MODEL"])
+    assert [c["name"] for c in meta["classes"]] == ["background", "building"]
+    labelled = meta["training"]["labelled_pixels"]
+    assert sum(labelled) == 128 * 128  # BACKGROUND_VALUE labels every pixel
+    assert labelled[1] == pytest.approx(mask.sum(), rel=0.03)  # reprojected 4326 -> UTM
+    assert res["VAL_MIOU"] > 0.8
+
+
+def test_qgis_process(data, tmp_path):
+    out = tmp_path / "cli.pt"
+    res = qgis_process_json(
+        "trainmodel",
+        {
+            **FAST,
+            "INPUT": data["img_path"],
+            "LABELS": data["lab_path"],
+            "EPOCHS": 2,
+            "OUTPUT_MODEL": str(out),
+            "OUTPUT_REPORT": str(tmp_path / "cli.html"),
+        },
+    )
+    results = res["results"]
+    meta, _ = load_model(str(out))
+    assert results["VAL_MIOU"] == pytest.approx(meta["metrics"]["miou"])
+    assert [c["name"] for c in meta["classes"]] == ["class 1", "class 2", "class 3"]
+    assert (tmp_path / "cli.html").stat().st_size > 10000
+
+
+def test_cancel_writes_the_best_model_so_far(provider, data, tmp_path):
+    feedback = CancelAfter(50)
+    logs = []
+    feedback.pushInfo = lambda msg: logs.append(msg)  # keep the log for the assertion
+    res = run_alg(
+        "trainmodel",
+        {
+            **FAST,
+            "INPUT": [data["img_path"]],
+            "LABELS": [data["lab_path"]],
+            "EPOCHS": 8,
+            "OUTPUT_MODEL": str(tmp_path / "c.pt"),
+        },
+        feedback=feedback,
+    )
+    meta, _ = load_model(res["OUTPUT_MODEL"])
+    tr = meta["training"]
+    assert tr["stopped_early"] and tr["stop_reason"] == "canceled"
+    assert 1 <= tr["epochs_run"] < 8
+    assert res["VAL_MIOU"] == pytest.approx(meta["metrics"]["miou"])
+    assert any("stopped early" in m for m in logs)
+
+
+def test_dialog_screenshot(provider, qgis_iface):
+    path = save_dialog_screenshot("mapseg:trainmodel", qgis_iface)
+    assert path.exists() and path.stat().st_size > 5000
+
+
+def _bad(tmp_path, data, extra):
+    return {
+        **FAST,
+        "INPUT": [data["img_path"]],
+        "EPOCHS": 1,
+        "OUTPUT_MODEL": str(tmp_path / "bad.pt"),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("bands", "different band counts"),
+        ("count", "give one label raster per input"),
+        ("unlabelled", "No labelled pixel"),
+        ("text_field", "holds text"),
+        ("init_bands", "reads 2 band"),
+        ("one_class", "at least two classes"),
+        ("no_labels", "No labels were given"),
+    ],
+)
+def test_bad_inputs_fail_clearly(provider, data, tmp_path, case, message):
+    from qgis.core import QgsProcessingException
+
+    extra = {"LABELS": [data["lab_path"]]}
+    if case == "bands":
+        two = write_raster(tmp_path / "two.tif", data["img"][:2])
+        extra.update(INPUT=[data["img_path"], two], LABELS=[data["lab_path"]] * 2)
+    elif case == "count":
+        extra.update(LABELS=[data["lab_path"], data["lab_path"]])
+    elif case == "unlabelled":
+        empty = write_raster(tmp_path / "e.tif", np.zeros((128, 128), np.uint8), nodata=0)
+        extra.update(LABELS=[empty])
+    elif case == "text_field":
+        img_path, poly, _ = _buildings(tmp_path)
+        extra = {"INPUT": [img_path], "LABEL_POLYGONS": poly, "CLASS_FIELD": "kind"}
+    elif case == "init_bands":
+        img_path, poly, _ = _buildings(tmp_path, text=False)
+        run_alg(
+            "trainmodel",
+            _bad(tmp_path, data, {"INPUT": [img_path], "LABEL_POLYGONS": poly,
+                                  "CLASS_FIELD": "kind", "BACKGROUND_VALUE": 0,
+                                  "OUTPUT_MODEL": str(tmp_path / "two.pt")}),
+        )  # fmt: skip
+        extra["INIT_MODEL"] = str(tmp_path / "two.pt")
+    elif case == "one_class":
+        img_path, poly, _ = _buildings(tmp_path, text=False)
+        extra = {"INPUT": [img_path], "LABEL_POLYGONS": poly, "CLASS_FIELD": "kind"}
+    elif case == "no_labels":
+        extra = {}
+    with pytest.raises(QgsProcessingException, match=message):
+        run_alg("trainmodel", _bad(tmp_path, data, extra))
+    assert not (tmp_path / "bad.pt").exists()
+    assert not [p for p in os.listdir(tmp_path) if "partial" in p]
