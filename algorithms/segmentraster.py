@@ -10,6 +10,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
 )
 
 from .base import MapSegAlgorithm
@@ -31,17 +32,40 @@ class SegmentRaster(MapSegAlgorithm):
     RESAMPLE_TO_MODEL = "RESAMPLE_TO_MODEL"
     OUTPUT = "OUTPUT"
     OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
+    NUM_SEGMENTS = "NUM_SEGMENTS"
+    SMOOTHING = "SMOOTHING"
+    RESOLUTION = "RESOLUTION"
+    BANDS = "BANDS"
     DEVICES = ["auto", "cpu", "cuda"]
+    RESOLUTIONS = ["full", "medium", "low"]
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        # A file parameter (not a layer): a later release adds a shipped default model here.
         self.addParameter(
             QgsProcessingParameterFile(
                 self.MODEL,
-                self.tr("MapSeg model file"),
+                self.tr("MapSeg model file (empty: the shipped default model)"),
                 behavior=QgsProcessingParameterFile.File,
                 fileFilter="MapSeg model (*.pt)",
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.NUM_SEGMENTS,
+                self.tr("Number of segments (label-free models)"),
+                type=QgsProcessingParameterNumber.Integer,
+                defaultValue=6,
+                minValue=2,
+                maxValue=50,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.RESOLUTION,
+                self.tr("Resolution (medium: 2x, low: 4x coarser pixels; faster, blockier)"),
+                options=self.RESOLUTIONS,
+                defaultValue=0,
             )
         )
         self.addParameter(
@@ -80,11 +104,32 @@ class SegmentRaster(MapSegAlgorithm):
                 )
             )
         )
+        self.addParameter(
+            self.advanced(
+                QgsProcessingParameterNumber(
+                    self.SMOOTHING,
+                    self.tr("Smoothing: minimum patch size in pixels (0: none)"),
+                    type=QgsProcessingParameterNumber.Integer,
+                    defaultValue=0,
+                    minValue=0,
+                    optional=True,
+                )
+            )
+        )
+        self.addParameter(
+            self.advanced(
+                QgsProcessingParameterString(
+                    self.BANDS,
+                    self.tr("Input bands fed to the model, e.g. 3,2,1 (empty: default)"),
+                    optional=True,
+                )
+            )
+        )
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Classes")))
         self.addParameter(
             QgsProcessingParameterRasterDestination(
                 self.OUTPUT_PROBABILITY,
-                self.tr("Probability of the winning class"),
+                self.tr("Probability of the winning class (label-free: confidence)"),
                 optional=True,
                 createByDefault=False,
             )
@@ -92,6 +137,7 @@ class SegmentRaster(MapSegAlgorithm):
 
     def process(self, parameters, context, feedback):
         from ..core.infer import Options, segment_raster
+        from ..core.infer_inputs import parse_bands
 
         source = self.raster_source(parameters, self.INPUT, context)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -110,19 +156,27 @@ class SegmentRaster(MapSegAlgorithm):
             batch_size=number(self.BATCH_SIZE),
             device=self.DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             resample_to_model=self.parameterAsBool(parameters, self.RESAMPLE_TO_MODEL, context),
+            num_segments=number(self.NUM_SEGMENTS),
+            smoothing=number(self.SMOOTHING),
+            resolution=self.RESOLUTIONS[self.parameterAsEnum(parameters, self.RESOLUTION, context)],
+            bands=parse_bands(self.parameterAsString(parameters, self.BANDS, context)),
         )
         prob = None
         if parameters.get(self.OUTPUT_PROBABILITY) not in (None, ""):
             prob = self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITY, context)
         result = segment_raster(
             source,
-            self.parameterAsFile(parameters, self.MODEL, context),
+            self.parameterAsFile(parameters, self.MODEL, context) or None,
             self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
             probability=prob or None,
             extent=extent,
             options=options,
             reporter=self.reporter(feedback),
         )
+        if result.segments:
+            feedback.pushInfo(
+                f"Divided into {result.segments} segments (ids 1..{result.segments})."
+            )
         feedback.pushInfo(
             f"{result.tiles} tiles on {result.device} in {result.seconds:.1f} s "
             f"(tile {result.tile_size}, overlap {result.overlap}, batch {result.batch_size})."

@@ -19,7 +19,8 @@ from qgis.core import (
 
 from .base import MapSegAlgorithm
 
-ARCHITECTURES = ["unet", "deeplabv3", "fcn", "refinenet"]
+# New architectures go at the end: scripts and saved models refer to them by index.
+ARCHITECTURES = ["unet", "deeplabv3", "fcn", "refinenet", "sam"]
 LOSSES = [
     ("ce", True, "Cross-entropy, class-weighted"),
     ("dice_ce", True, "Dice + cross-entropy (class-weighted)"),
@@ -78,6 +79,8 @@ class TrainModel(MapSegAlgorithm):
     DEVICE = "DEVICE"
     SEED = "SEED"
     IGNORE_VALUE = "IGNORE_VALUE"
+    CHECKPOINT = "CHECKPOINT"
+    OBJECT_CLASS = "OBJECT_CLASS"
     OUTPUT_MODEL = "OUTPUT_MODEL"
     OUTPUT_REPORT = "OUTPUT_REPORT"
     VAL_MIOU = "VAL_MIOU"
@@ -186,6 +189,19 @@ class TrainModel(MapSegAlgorithm):
                 Num.Integer,
                 255,
             ),
+            QgsProcessingParameterFile(
+                self.CHECKPOINT,
+                tr("Segment Anything checkpoint (.pth, for the sam architecture)"),
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter="SAM checkpoint (*.pth);;All files (*)",
+                optional=True,
+            ),
+            Num(
+                self.OBJECT_CLASS,
+                tr("Object class: this label value against all others (empty: every class)"),
+                Num.Integer,
+                optional=True,
+            ),
         ]
         for param in adv:
             self.addParameter(self.advanced(param))
@@ -230,7 +246,22 @@ class TrainModel(MapSegAlgorithm):
         background = None
         if parameters.get(self.BACKGROUND_VALUE) not in (None, ""):
             background = self.parameterAsInt(parameters, self.BACKGROUND_VALUE, context)
-        loss, weighted, _ = LOSSES[self.parameterAsEnum(parameters, self.LOSS, context)]
+        architecture = ARCHITECTURES[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)]
+        arch_kwargs = parse_options(self.parameterAsString(parameters, self.ARCH_OPTIONS, context))
+        checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context)
+        if checkpoint and architecture != "sam":
+            raise QgsProcessingException(
+                "CHECKPOINT (a Segment Anything .pth) is only used with ARCHITECTURE sam."
+            )
+        if checkpoint:
+            arch_kwargs["checkpoint"] = checkpoint
+        loss_index = self.parameterAsEnum(parameters, self.LOSS, context)
+        if architecture == "sam" and parameters.get(self.LOSS) is None:
+            loss_index = 1  # SAM fine-tuning: dice + cross-entropy unless LOSS says otherwise
+        loss, weighted, _ = LOSSES[loss_index]
+        object_class = None
+        if parameters.get(self.OBJECT_CLASS) not in (None, ""):
+            object_class = self.parameterAsInt(parameters, self.OBJECT_CLASS, context)
         job = TrainJob(
             images=self._raster_paths(parameters, self.INPUT, context),
             output=self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context),
@@ -241,12 +272,9 @@ class TrainModel(MapSegAlgorithm):
             background=background,
             classes=self.parameterAsString(parameters, self.CLASSES, context),
             ignore_value=self.parameterAsInt(parameters, self.IGNORE_VALUE, context),
-            architecture=ARCHITECTURES[
-                self.parameterAsEnum(parameters, self.ARCHITECTURE, context)
-            ],
-            arch_kwargs=parse_options(
-                self.parameterAsString(parameters, self.ARCH_OPTIONS, context)
-            ),
+            architecture=architecture,
+            arch_kwargs=arch_kwargs,
+            object_class=object_class,
             init_model=self.parameterAsFile(parameters, self.INIT_MODEL, context),
             tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
             val_fraction=self.parameterAsDouble(parameters, self.VALIDATION_FRACTION, context),
@@ -260,6 +288,7 @@ class TrainModel(MapSegAlgorithm):
                 augment=self.parameterAsBoolean(parameters, self.AUGMENT, context),
                 device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
                 seed=self.parameterAsInt(parameters, self.SEED, context),
+                balanced=architecture == "sam",  # as many tiles with the object as without
             ),
         )
         if not job.output.lower().endswith(".pt"):

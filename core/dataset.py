@@ -148,8 +148,11 @@ class TileReader:
         class_values: Sequence[int],
         band_stats: Sequence[dict],
         tile_size: int,
+        object_value: int | None = None,
     ) -> None:
         self.images, self.labels = images, labels
+        # One class against the rest: label ``object_value`` reads as 1, any other label as 0.
+        self.object_value = object_value
         self.values = np.asarray(sorted(int(v) for v in class_values), dtype=np.int64)
         if list(self.values) != [int(v) for v in class_values]:
             raise MapSegError("Internal error: class values must be sorted.")
@@ -168,6 +171,8 @@ class TileReader:
         lab = layer.dataset.GetRasterBand(1).ReadAsArray(t.x, t.y, t.w, t.h)
         keep = label_values(lab, layer.unlabelled) & valid
         lab = np.rint(np.where(keep, lab, 0)).astype(np.int64)
+        if self.object_value is not None:
+            lab = (lab == self.object_value).astype(np.int64)
         idx = np.clip(np.searchsorted(self.values, lab), 0, len(self.values) - 1)
         keep &= self.values[idx] == lab  # values outside the class table carry no label
         y_out.fill(IGNORE_INDEX)
@@ -200,6 +205,17 @@ class TileSet:
 
     def __len__(self) -> int:
         return len(self.tiles)
+
+    def object_fractions(self) -> np.ndarray:
+        """Per tile, the share of its labelled pixels in a class other than the first (the
+        object against background), from the label counts of the scan."""
+        values = [int(v) for v in self.reader.values]
+        out = np.zeros(len(self.tiles), dtype=np.float64)
+        for i, t in enumerate(self.tiles):
+            total = sum(c for v, c in t.values.items() if v in values)
+            obj = sum(c for v, c in t.values.items() if v in values[1:])
+            out[i] = obj / total if total else 0.0
+        return out
 
     def _load(self, idx: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
         if self.preloaded:

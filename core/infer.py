@@ -4,6 +4,11 @@
 (``core.pipeline``) with the network on the chosen device, and writes the class raster (and
 optionally the winning class's probability) on the input's grid. A cancel or an error leaves no
 file at the destination (``OutputRaster``).
+
+Label-free models (``mode == "unsupervised"``) divide the raster into NUM_SEGMENTS segments
+(``core.segments_infer``: a k-means pass over sampled embeddings, then the same pipeline
+assigning blended embeddings to those centroids). SMOOTHING sieves the class output, RESOLUTION
+processes and writes a 2x / 4x coarser grid, BANDS picks the input bands.
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 from osgeo import gdal
 
 from .errors import MapSegError
+from .infer_inputs import check_options, choose_bands, resolve_model
 from .modelfile import build_model, class_colors, class_names, class_values, load_model
+from .network import Network, choose_device, default_batch
+from .normalize import band_stats
 from .pipeline import Job, run_pipeline
 from .progress import Reporter
 from .raster import (
@@ -27,8 +36,18 @@ from .raster import (
     raster_info,
     smallest_int_type,
 )
-from .resolution import check_pixel_size, mask_nodata, warp_back, warp_to_model
+from .resolution import (
+    check_pixel_size,
+    coarsen,
+    mask_nodata,
+    select_bands,
+    warp_back,
+    warp_to_model,
+)
+from .segments_infer import finalizer, fit_segments, segment_palette, sieve
 from .tiling import TileGrid, blend_window, check_tiling, extent_window, window_geotransform
+
+__all__ = ["Network", "Options", "Result", "choose_device", "default_batch", "segment_raster"]
 
 PROB_NODATA = -1.0
 TYPE_MAX = {
@@ -49,6 +68,10 @@ class Options:
     batch_size: int = 0
     device: str = "auto"
     resample_to_model: bool = False
+    num_segments: int = 6  # label-free models only
+    smoothing: int = 0  # minimum mapping unit in pixels; 0: none
+    resolution: str = "full"  # full, medium (2x coarser) or low (4x coarser)
+    bands: Sequence[int] | None = None  # 1-based input bands fed to the model; None: default
 
 
 @dataclass
@@ -63,6 +86,8 @@ class Result:
     seconds: float
     window: tuple
     warnings: list = field(default_factory=list)
+    segments: int = 0  # label-free: the number of segments; 0 for a model with classes
+    bands: list = field(default_factory=list)
 
 
 def output_type(values: list[int]) -> tuple[int, int]:
@@ -75,124 +100,29 @@ def output_type(values: list[int]) -> tuple[int, int]:
     return gdal_type, hi + 1
 
 
-def choose_device(name: str) -> str:
-    import torch
-
-    name = (name or "auto").strip().lower()
-    if name not in ("auto", "cpu", "cuda"):
-        raise MapSegError(f"Unknown device '{name}'. Choose auto, cpu or cuda.")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MapSegError(
-            f"DEVICE is cuda but PyTorch {torch.__version__} sees no CUDA GPU (built for CUDA "
-            f"{torch.version.cuda or 'none'}). Choose auto or cpu, or install a CUDA build of "
-            "PyTorch and an NVIDIA driver."
-        )
-    return name
-
-
-def default_batch(tile: int, device: str) -> int:
-    # about 0.25 M pixels per batch on CPU (enough to amortise per-call overhead), 2 M on CUDA
-    pixels = (8 if device == "cuda" else 1) * 512 * 512
-    return max(1, pixels // (tile * tile))
-
-
-def check_model(meta: dict, path: str, bands: int) -> None:
-    if meta["mode"] == "unsupervised":
-        # Seam for label-free models: they will need NUM_SEGMENTS and a clustering step.
-        raise MapSegError(
-            f"'{path}' is a label-free (unsupervised) model; Segment Raster does not support "
-            "those yet. Choose a model trained with labels (Train Model)."
-        )
-    if int(meta["in_bands"]) != bands:
-        raise MapSegError(
-            f"The input raster has {bands} band{'s' if bands != 1 else ''} but the model "
-            f"'{path}' expects {meta['in_bands']}. Choose a raster with the bands the model "
-            "was trained on (same bands, same order), e.g. with Build Virtual Raster."
-        )
-
-
-class Network:
-    """The model on its device: normalised batch -> softmax * blend window, OOM-safe on CUDA."""
-
-    def __init__(self, model, device: str, weights: np.ndarray, batch: int, reporter: Reporter):
-        import torch
-
-        self.torch, self.model, self.device = torch, model, device
-        self.cuda = device == "cuda"
-        self.weights = torch.from_numpy(weights).to(device)
-        self.batch = batch
-        self.reporter = reporter
-
-    def alloc(self, shape) -> np.ndarray:
-        """Input batch buffers; pinned on CUDA so host->device copies run asynchronously."""
-        return self.torch.empty(shape, dtype=self.torch.float32, pin_memory=self.cuda).numpy()
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        n, parts, k = x.shape[0], [], 0
-        while k < n:
-            b = min(self.batch, n - k)
-            try:
-                parts.append(self._forward(torch.from_numpy(x[k : k + b])))
-            except getattr(torch, "OutOfMemoryError", RuntimeError) as err:
-                if not self.cuda or "out of memory" not in str(err).lower():
-                    raise
-                self._out_of_memory(b)
-                continue
-            k += b
-        if not self.cuda:  # already in host memory: no copy
-            return (parts[0] if len(parts) == 1 else torch.cat(parts)).numpy()
-        out = torch.empty((n,) + tuple(parts[0].shape[1:]), pin_memory=True)
-        k = 0
-        for part in parts:
-            out[k : k + len(part)].copy_(part, non_blocking=True)
-            k += len(part)
-        torch.cuda.current_stream().synchronize()
-        return out.numpy()
-
-    def _forward(self, x):
-        torch = self.torch
-        with torch.inference_mode():
-            x = x.to(self.device, non_blocking=self.cuda)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
-                logits = self.model(x)
-            probs = torch.softmax(logits.float(), dim=1)
-            probs *= self.weights
-        return probs
-
-    def _out_of_memory(self, b: int) -> None:
-        self.torch.cuda.empty_cache()
-        if b <= 1:
-            raise MapSegError(
-                "The GPU ran out of memory even with one tile per batch. Lower TILE_SIZE "
-                "(e.g. to half), close other programs using the GPU, or set DEVICE to cpu."
-            )
-        self.batch = max(1, b // 2)
-        self.reporter.warn(
-            f"The GPU ran out of memory with {b} tiles per batch; retrying with {self.batch}. "
-            f"Set BATCH_SIZE to {self.batch} (or lower TILE_SIZE) to avoid the retry."
-        )
-
-
 def segment_raster(
     input_path: str,
-    model_path: str,
+    model_path: str | None,
     output: str,
     probability: str | None = None,
     extent=None,
     options: Options | None = None,
     reporter: Reporter | None = None,
 ) -> Result:
-    """Segment ``input_path`` (within map ``extent`` = (xmin, ymin, xmax, ymax) if given)."""
+    """Segment ``input_path`` (within map ``extent`` = (xmin, ymin, xmax, ymax) if given).
+
+    An empty ``model_path`` uses the shipped default model.
+    """
     opts = options or Options()
     reporter = reporter or Reporter()
     started = time.perf_counter()
+    model_path = resolve_model(model_path)
     meta, state = load_model(model_path)
+    labelfree = meta["mode"] == "unsupervised"
+    factor = check_options(opts, labelfree)
     ds = open_raster(input_path)
     info = raster_info(ds)
-    check_model(meta, model_path, info.count)
+    bands = choose_bands(meta, model_path, info.count, opts.bands, reporter)
     warnings: list = []
 
     def warn(msg: str) -> None:
@@ -236,84 +166,139 @@ def segment_raster(
     device = choose_device(opts.device)
     batch = int(opts.batch_size or default_batch(tile, device))
     model = build_model(meta, state).eval().to(device)
-    values = class_values(meta)
-    gdal_type, nodata = output_type(values)
-    classes = {
-        "color_table": class_colors(meta) or None,
-        "category_names": class_names(meta) or None,
-    }
-    net = Network(model, device, blend_window(tile, overlap), batch, reporter)
-    reporter.info(
-        f"Segmenting {window[2]} x {window[3]} pixels with {meta['architecture']} on {device}: "
-        f"tiles of {tile} px, overlap {overlap}, {batch} tiles per batch."
-    )
+    tmp = tempfile.mkdtemp(prefix="mapseg-segment-")
+    try:
+        # The processed raster: the chosen bands, then coarser pixels; both are VRTs over the
+        # whole input, so the tile grid stays anchored to the raster's corner.
+        src = input_path
+        if bands != list(range(1, info.count + 1)):
+            src = select_bands(input_path, bands, tmp)
+        if factor > 1:
+            src = coarsen(src, factor, tmp)
+            cds = gdal.Open(src)
+            cw, chh, cgt = cds.RasterXSize, cds.RasterYSize, cds.GetGeoTransform()
+            cds = None
+            window = extent_window(cgt, cw, chh, extent) if extent is not None else (0, 0, cw, chh)
+            reporter.info(
+                f"RESOLUTION {opts.resolution}: processing and writing {cw} x {chh} pixels "
+                f"({factor}x coarser than the input)."
+            )
+        src_ds = gdal.Open(src)
+        if labelfree and meta.get("normalization") == "per-input":
+            stats = band_stats([src_ds])  # measured on this raster: any bit depth works
+        else:
+            stats = meta["band_stats"]
+        if labelfree:
+            k = int(opts.num_segments)
+            values = list(range(1, k + 1))
+            colors, names = segment_palette(k)
+        else:
+            k, values = 0, class_values(meta)
+            colors, names = class_colors(meta), class_names(meta)
+        gdal_type, nodata = output_type(values)
+        classes = {"color_table": colors or None, "category_names": names or None}
+        net = Network(
+            model, device, blend_window(tile, overlap), batch, reporter, softmax=not labelfree
+        )
+        reporter.info(
+            f"Segmenting {window[2]} x {window[3]} pixels with {meta['architecture']} on "
+            f"{device}: tiles of {tile} px, overlap {overlap}, {batch} tiles per batch."
+            + (f" Dividing into {k} segments." if labelfree else "")
+        )
+        finalize = None
+        main = reporter
+        if labelfree:
+            sampler = Network(
+                model, device, np.ones((tile, tile), np.float32), batch, reporter, softmax=False
+            )
+            grid = TileGrid(src_ds.RasterXSize, src_ds.RasterYSize, tile, overlap)
+            segmenter = fit_segments(
+                src, grid, window, stats, sampler, k, batch, reporter.sub(0.0, 0.15)
+            )
+            finalize = finalizer(segmenter, nodata, PROB_NODATA)
+            main = reporter.sub(0.15, 1.0)
+        mmu = int(opts.smoothing)
 
-    def run(path, width, height, win, dst, pdst, gt, proj, rep: Reporter) -> int:
-        """Segment window ``win`` of the raster at ``path`` into ``dst`` (and ``pdst``)."""
-        grid = TileGrid(width, height, tile, overlap)
-        job = Job(
-            path=path,
-            grid=grid,
-            window=win,
-            band_stats=meta["band_stats"],
-            batch=batch,
-            class_values=np.asarray(values, dtype=np.int64),
-            nodata=nodata,
-            prob_nodata=PROB_NODATA,
-        )
-        geo = dict(geotransform=window_geotransform(gt, win), projection=proj)
-        with OutputRaster(dst, win[2], win[3], gdal_type, nodata=nodata, **classes, **geo) as out:
-            outs = [out]
-            prob_out = None
-            if pdst:
-                prob_out = OutputRaster(
-                    pdst,
-                    win[2],
-                    win[3],
-                    gdal.GDT_Float32,
-                    nodata=PROB_NODATA,
-                    **geo,
-                    descriptions=["probability of the winning class"],
-                )
-                outs.append(prob_out)
-            try:
-                n = run_pipeline(
-                    job, outs, net, rep, alloc=net.alloc, read_ahead=4 if net.cuda else 2
-                )
-                if prob_out is not None:
-                    prob_out.commit()
-                out.commit()
-            finally:
-                if prob_out is not None:
-                    prob_out.__exit__(None, None, None)
-        return n
+        def run(path, width, height, win, dst, pdst, gt, proj, rep: Reporter, smooth) -> int:
+            """Segment window ``win`` of the raster at ``path`` into ``dst`` (and ``pdst``)."""
+            job = Job(
+                path=path,
+                grid=TileGrid(width, height, tile, overlap),
+                window=win,
+                band_stats=stats,
+                batch=batch,
+                class_values=np.asarray(values, dtype=np.int64),
+                nodata=nodata,
+                prob_nodata=PROB_NODATA,
+                channels=net_channels(meta) if labelfree else 0,
+                finalize=finalize,
+            )
+            geo = dict(geotransform=window_geotransform(gt, win), projection=proj)
+            prob_desc = (
+                "segment assignment confidence" if labelfree else "probability of the winning class"
+            )
+            with OutputRaster(
+                dst, win[2], win[3], gdal_type, nodata=nodata, **classes, **geo
+            ) as out:
+                prob_out = None
+                if pdst:
+                    prob_out = OutputRaster(
+                        pdst,
+                        win[2],
+                        win[3],
+                        gdal.GDT_Float32,
+                        nodata=PROB_NODATA,
+                        **geo,
+                        descriptions=[prob_desc],
+                    )
+                try:
+                    outs = [out] + ([prob_out] if prob_out else [])
+                    sub = rep.sub(0.0, 0.9) if smooth and mmu else rep
+                    n = run_pipeline(
+                        job, outs, net, sub, alloc=net.alloc, read_ahead=4 if net.cuda else 2
+                    )
+                    if smooth and mmu:
+                        sieve(out, mmu, rep.sub(0.9, 1.0))
+                    if prob_out is not None:
+                        prob_out.commit()
+                    out.commit()
+                finally:
+                    if prob_out is not None:
+                        prob_out.__exit__(None, None, None)
+            return n
 
-    if not resample:
-        tiles = run(
-            input_path,
-            info.width,
-            info.height,
-            window,
-            dest,
-            prob_dest,
-            info.geotransform,
-            info.projection,
-            reporter,
-        )
-    else:
-        tiles = _run_resampled(
-            run,
-            ds,
-            info,
-            window,
-            sizes[1],
-            dest,
-            prob_dest,
-            gdal_type,
-            nodata,
-            classes,
-            reporter,
-        )
+        if not resample:
+            tiles = run(
+                src,
+                src_ds.RasterXSize,
+                src_ds.RasterYSize,
+                window,
+                dest,
+                prob_dest,
+                src_ds.GetGeoTransform(),
+                src_ds.GetProjection(),
+                main,
+                True,
+            )
+        else:
+            tiles = _run_resampled(
+                run,
+                src_ds,
+                info,
+                window,
+                sizes[1],
+                dest,
+                prob_dest,
+                gdal_type,
+                nodata,
+                classes,
+                mmu,
+                main,
+                tmp,
+            )
+        src_ds = None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return Result(
         output=dest,
         probability=prob_dest,
@@ -325,60 +310,66 @@ def segment_raster(
         seconds=time.perf_counter() - started,
         window=window,
         warnings=warnings,
+        segments=k,
+        bands=bands,
     )
 
 
+def net_channels(meta: dict) -> int:
+    """Output channels of a label-free model (its embedding size)."""
+    return int(meta["arch_kwargs"].get("out_channels", meta.get("embedding_dim", 16)))
+
+
 def _run_resampled(
-    run, ds, info, window, target, dest, prob_dest, gdal_type, nodata, classes, reporter
+    run, ds, info, window, target, dest, prob_dest, gdal_type, nodata, classes, mmu, rep, tmp
 ) -> int:
     """Segment at the model's pixel size, then bring the result back onto the input grid.
 
     The input is warped into a VRT (nothing is copied) covering the whole raster, so the tile
     grid stays anchored to the raster's corner; the window is segmented into temporary
     GeoTIFFs and warped back by nearest neighbour (classes stay classes), then pixels where
-    the input is nodata are set to nodata exactly.
+    the input is nodata are set to nodata exactly, and SMOOTHING sieves the final grid.
     """
-    tmp = tempfile.mkdtemp(prefix="mapseg-segment-")
+    vrt_path, vrt_window = warp_to_model(ds, info, window, target, tmp)
+    vds = gdal.Open(vrt_path)
+    rep.info(
+        f"Processing at the model's pixel size: {vds.RasterXSize} x {vds.RasterYSize} "
+        "pixels (resampled input)."
+    )
+    tmp_cls = f"{tmp}/classes.tif"
+    tmp_prob = f"{tmp}/probability.tif" if prob_dest else None
+    tiles = run(
+        vrt_path,
+        vds.RasterXSize,
+        vds.RasterYSize,
+        vrt_window,
+        tmp_cls,
+        tmp_prob,
+        vds.GetGeoTransform(),
+        vds.GetProjection(),
+        rep.sub(0.0, 0.85),
+        False,
+    )
+    vds = None
+    geo = dict(
+        geotransform=window_geotransform(info.geotransform, window),
+        projection=info.projection,
+    )
+    pairs = [(tmp_cls, dest, gdal_type, nodata, classes)]
+    if prob_dest:
+        pairs.append((tmp_prob, prob_dest, gdal.GDT_Float32, PROB_NODATA, {}))
+    outs = []
     try:
-        vrt_path, vrt_window = warp_to_model(ds, info, window, target, tmp)
-        vds = gdal.Open(vrt_path)
-        reporter.info(
-            f"Processing at the model's pixel size: {vds.RasterXSize} x {vds.RasterYSize} "
-            "pixels (resampled input)."
-        )
-        tmp_cls = f"{tmp}/classes.tif"
-        tmp_prob = f"{tmp}/probability.tif" if prob_dest else None
-        tiles = run(
-            vrt_path,
-            vds.RasterXSize,
-            vds.RasterYSize,
-            vrt_window,
-            tmp_cls,
-            tmp_prob,
-            vds.GetGeoTransform(),
-            vds.GetProjection(),
-            reporter.sub(0.0, 0.9),
-        )
-        vds = None
-        geo = dict(
-            geotransform=window_geotransform(info.geotransform, window),
-            projection=info.projection,
-        )
-        pairs = [(tmp_cls, dest, gdal_type, nodata, classes)]
-        if prob_dest:
-            pairs.append((tmp_prob, prob_dest, gdal.GDT_Float32, PROB_NODATA, {}))
-        outs = []
-        try:
-            for src, dst, dtype, nd, extra in pairs:
-                out = OutputRaster(dst, window[2], window[3], dtype, nodata=nd, **extra, **geo)
-                outs.append(out)
-                warp_back(src, out.ds, nd)
-                mask_nodata(ds, window, out, nd, reporter)
-            for out in outs:
-                out.commit()
-        finally:
-            for out in outs:
-                out.__exit__(None, None, None)
-        return tiles
+        for src, dst, dtype, nd, extra in pairs:
+            out = OutputRaster(dst, window[2], window[3], dtype, nodata=nd, **extra, **geo)
+            outs.append(out)
+            warp_back(src, out.ds, nd)
+            mask_nodata(ds, window, out, nd, rep)
+        if mmu:
+            sieve(outs[0], mmu, rep.sub(0.85, 1.0))
+        for out in outs:
+            out.commit()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for out in outs:
+            out.__exit__(None, None, None)
+    return tiles

@@ -43,6 +43,14 @@ class Job:
     class_values: np.ndarray  # output value of network channel i
     nodata: float
     prob_nodata: float
+    # label-free models: the network's channels are embeddings (not one per class), and
+    # ``finalize(block) -> (ids, confidence)`` turns an emitted (C + 2, h, w) block into output
+    channels: int = 0
+    finalize: Callable[[np.ndarray], tuple] | None = None
+
+    @property
+    def n_channels(self) -> int:
+        return self.channels or len(self.class_values)
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
@@ -170,13 +178,16 @@ class Writer(threading.Thread):
 
     def _emit(self, x: int, y: int, block: np.ndarray) -> None:
         job = self.job
-        cls, prob = finalize_block(block, job.class_values, job.nodata, job.prob_nodata)
+        if job.finalize is not None:
+            cls, prob = job.finalize(block)
+        else:
+            cls, prob = finalize_block(block, job.class_values, job.nodata, job.prob_nodata)
         wx, wy = job.window[0], job.window[1]
         self.rows.put(x - wx, y - wy, (cls, prob)[: len(self.rows.bufs)])
 
     def _run(self) -> None:
         job = self.job
-        acc = BlendAccumulator(job.grid, job.window, len(job.class_values), self._emit)
+        acc = BlendAccumulator(job.grid, job.window, job.n_channels, self._emit)
         while not self.stop.is_set():
             try:
                 item = self.inp.get(timeout=POLL_S)
@@ -203,7 +214,8 @@ def run_pipeline(
     """Segment ``job.window`` into ``outputs`` (class raster, optional probability raster).
 
     ``forward(x)`` maps a normalised (n, bands, T, T) batch to (n, C, T, T) softmax
-    probabilities multiplied by the blend window. Returns the number of tiles processed.
+    probabilities (or embeddings, with ``job.finalize``) multiplied by the blend window.
+    Returns the number of tiles processed.
     Raises CanceledError / MapSegError; the threads are always stopped before returning.
     """
     total = job.grid.count(job.window)

@@ -7,6 +7,10 @@ every field as a texture. Sizes are compared only when both CRSs have the same k
 Resampling (RESAMPLE_TO_MODEL): the input is warped into a VRT at the model's pixel size
 (nothing is copied to disk), segmented, and the classes are warped back onto the input grid by
 nearest neighbour, so the output stays on the input grid and holds only class values.
+
+Coarser processing (RESOLUTION medium/low): ``coarsen`` makes a VRT of the input at 2x or 4x
+the pixel size (averaged; same extent, CRS and rotation), which is segmented and written as is:
+the output is on the coarser grid. ``select_bands`` makes a VRT of chosen bands (BANDS).
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ def warp_to_model(
         xRes=target[0],
         yRes=target[1],
         resampleAlg="average" if downsampling else "bilinear",
+        options=["-nosrcalpha"],  # a 4th band of RGBA imagery is data, not a mask
     )
     vgt, vw, vh = vrt.GetGeoTransform(), vrt.RasterXSize, vrt.RasterYSize
     vrt = None
@@ -151,3 +156,45 @@ def mask_nodata(ds: gdal.Dataset, window: Window, out, nodata: float, reporter: 
             arr[bad] = nodata
             target.WriteArray(arr, x, y)
         reporter.check()
+
+
+def select_bands(path: str, bands: list[int], folder: str) -> str:
+    """A VRT of ``bands`` (1-based, in that order) of ``path``; nothing is copied."""
+    out = os.path.join(folder, "input_bands.vrt")
+    gdal.Translate(out, path, format="VRT", bandList=list(bands))
+    return out
+
+
+def coarsen(path: str, factor: int, folder: str) -> str:
+    """A VRT of ``path`` with pixels ``factor`` times larger (block average), same extent.
+
+    The size is rounded (at least 1 pixel) and the pixel size adjusted so the extent stays
+    exactly the input's. North-up rasters are warped (the average skips nodata pixels);
+    rotated or ungeoreferenced ones are resampled by ``gdal.Translate``, which keeps the
+    rotation terms.
+    """
+    ds = gdal.Open(path)
+    width = max(1, int(round(ds.RasterXSize / factor)))
+    height = max(1, int(round(ds.RasterYSize / factor)))
+    gt = ds.GetGeoTransform(can_return_null=True)
+    out = os.path.join(folder, f"input_coarse_{factor}x.vrt")
+    if gt and gt[2] == 0 and gt[4] == 0 and ds.GetProjection():
+        bounds = (
+            min(gt[0], gt[0] + ds.RasterXSize * gt[1]),
+            min(gt[3], gt[3] + ds.RasterYSize * gt[5]),
+            max(gt[0], gt[0] + ds.RasterXSize * gt[1]),
+            max(gt[3], gt[3] + ds.RasterYSize * gt[5]),
+        )
+        gdal.Warp(
+            out,
+            ds,
+            format="VRT",
+            outputBounds=bounds,
+            width=width,
+            height=height,
+            resampleAlg="average",
+            options=["-nosrcalpha"],  # a 4th band of RGBA imagery is data, not a mask
+        )
+    else:
+        gdal.Translate(out, ds, format="VRT", width=width, height=height, resampleAlg="average")
+    return out

@@ -19,6 +19,7 @@ from .dataset import IGNORE_INDEX, TileSet
 from .errors import CanceledError, MapSegError
 from .metrics import ConfusionMatrix
 from .progress import Reporter
+from .sam_finetune import balanced_weights
 
 LOSSES = ("ce", "dice_ce")
 
@@ -32,6 +33,9 @@ class FitConfig:
     max_minutes: float = 0.0  # 0: no time limit
     loss: str = "ce"  # "ce": (class-weighted) cross-entropy; "dice_ce": dice + cross-entropy
     augment: bool = True
+    # Draw tiles with and without the object (any class but the first) equally often, with
+    # replacement (SAM fine-tuning); False: every training tile once per epoch.
+    balanced: bool = False
     device: str = "auto"
     seed: int = 0
 
@@ -177,12 +181,17 @@ def fit(
     if cfg.loss not in LOSSES:
         raise MapSegError(f"Unknown loss '{cfg.loss}': choose one of {', '.join(LOSSES)}.")
     if len(train) == 0:
-        raise MapSegError("No training tile is left: give more labelled pixels.")
+        raise MapSegError(
+            "No training tile is left: give more labelled pixels, or lower TILE_SIZE or "
+            "VALIDATION_FRACTION so that tiles with labels remain for training."
+        )
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     net.to(device)
+    # Per-tile sampling probabilities of the balanced sampler (None: a plain shuffle).
+    tile_p = balanced_weights(train.object_fractions()) if cfg.balanced else None
     amp = device == "cuda"
     w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
     ce = torch.nn.CrossEntropyLoss(weight=w, ignore_index=IGNORE_INDEX)
@@ -221,7 +230,11 @@ def fit(
 
     for epoch in range(1, cfg.epochs + 1):
         net.train()
-        order = rng.permutation(len(train))
+        order = (
+            rng.permutation(len(train))
+            if tile_p is None
+            else rng.choice(len(train), size=len(train), p=tile_p)
+        )
         if len(order) % bs == 1 and len(order) > 1:  # batch-norm needs two samples per batch
             order = order[:-1]
         t0, loss_sum, n_batches = time.perf_counter(), 0.0, 0

@@ -41,6 +41,7 @@ class TrainJob:
     weighted: bool = True  # class-weighted cross-entropy
     memory_budget_mb: float = 1024.0
     fit: FitConfig = field(default_factory=FitConfig)
+    object_class: int | None = None  # this label value becomes class 1, every other one 0
 
 
 def _open_images(paths: Sequence[str]) -> list:
@@ -129,11 +130,60 @@ def _classes(job, layers, found: List[int], given: list, init_meta, reporter) ->
     return table
 
 
+def _check_sam(job: TrainJob, bands: int) -> None:
+    """Fail before any label is read when SAM cannot be fine-tuned on these inputs."""
+    if job.architecture != "sam" or job.init_model:
+        return
+    checkpoint = str(job.arch_kwargs.get("checkpoint") or "")
+    if not checkpoint:
+        raise MapSegError(
+            "ARCHITECTURE sam fine-tunes a Segment Anything model: choose its checkpoint "
+            "(CHECKPOINT, a .pth file such as sam_vit_b_01ec64.pth)."
+        )
+    if bands != 3:
+        raise MapSegError(
+            f"SAM reads exactly 3 bands (RGB) but the input rasters have {bands}. Pick 3 bands: "
+            "build a 3-band VRT (Raster > Miscellaneous > Build Virtual Raster, or "
+            "gdal_translate -of VRT -b 1 -b 2 -b 3 in.tif rgb.vrt) and train on it."
+        )
+    from .sam import config_from_state_dict, read_checkpoint
+
+    config_from_state_dict(read_checkpoint(checkpoint))  # not a SAM checkpoint: clear error
+
+
+def _one_against_rest(job: TrainJob, tiles: list, found: List[int], given: list, layers: list):
+    """(found, given) once ``job.object_class`` is class 1 and every other label class 0;
+    the tiles' label counts are remapped in place."""
+    obj = int(job.object_class)
+    if obj not in found:
+        raise MapSegError(
+            f"OBJECT_CLASS {obj} is not among the label values ({found[:10]}): choose one of them."
+        )
+    for t in tiles:
+        n_obj = t.values.get(obj, 0)
+        n_rest = sum(t.values.values()) - n_obj
+        t.values = {v: n for v, n in ((0, n_rest), (1, n_obj)) if n}
+    names, colors = {}, {}
+    for layer in layers:
+        names.update(layer.names)
+        colors.update(layer.colors)
+    named = {int(c["value"]): c for c in given}.get(obj, {})
+    name = named.get("name") or names.get(obj) or f"class {obj}"
+    color = named.get("color") or (list(colors[obj][:3]) if obj in colors else [230, 60, 40])
+    table = [
+        {"value": 0, "name": f"not {name}", "color": [200, 200, 200]},
+        {"value": 1, "name": name, "color": [int(x) for x in color]},
+    ]
+    found = sorted({v for t in tiles for v in t.values})
+    return found, [c for c in table if c["value"] in found]
+
+
 def train_model(job: TrainJob, reporter: Reporter) -> dict:
     """Train, save the model file at ``job.output`` and return its metadata."""
     output = check_destination(job.output, list(job.images))
     images = _open_images(job.images)
     bands = images[0].RasterCount
+    _check_sam(job, bands)
     init_meta = init_state = None
     if job.init_model:
         init_meta, init_state = load_model(job.init_model)
@@ -157,7 +207,16 @@ def train_model(job: TrainJob, reporter: Reporter) -> dict:
                 "extent, CRS and nodata value."
             )
         found = sorted({v for t in tiles for v in t.values})
+        if job.object_class is not None:
+            found, given = _one_against_rest(job, tiles, found, given, layers)
         classes = _classes(job, layers, found, given, init_meta, reporter)
+        if job.architecture == "sam" and init_meta is None and len(classes) != 2:
+            raise MapSegError(
+                f"SAM segments one class against the rest (2 classes), but the labels hold "
+                f"{len(classes)} classes ({[c['value'] for c in classes]}). Set OBJECT_CLASS to "
+                "the class to segment: its pixels become class 1, every other labelled pixel "
+                "class 0."
+            )
         values = [c["value"] for c in classes]
         tiles = [t for t in tiles if any(v in values for v in t.values)]
         if not tiles:
@@ -195,7 +254,7 @@ def train_model(job: TrainJob, reporter: Reporter) -> dict:
             f"{job.tile_size} px; labelled pixels per class: "
             + ", ".join(f"{c['name']} {n}" for c, n in zip(classes, counts))
         )
-        reader = TileReader(images, layers, values, stats, job.tile_size)
+        reader = TileReader(images, layers, values, stats, job.tile_size, job.object_class)
         preload = fits_in_memory(len(tiles), bands, job.tile_size, job.memory_budget_mb)
         load = reporter.sub(0.05, 0.15)
         train_set = TileSet(reader, [tiles[i] for i in train_idx], preload, load.sub(0, 0.8))
@@ -243,6 +302,8 @@ def train_model(job: TrainJob, reporter: Reporter) -> dict:
                 "loss": job.fit.loss,
                 "class_weights": None if weights is None else [float(w) for w in weights],
                 "augment": job.fit.augment,
+                "balanced_sampling": job.fit.balanced,
+                "object_class": job.object_class,
                 "seed": job.fit.seed,
                 "validation_fraction": job.val_fraction,
                 "train_tiles": len(train_idx),

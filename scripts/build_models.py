@@ -11,10 +11,14 @@ from pathlib import Path
 
 from qgis.core import (
     QgsApplication,
+    QgsProcessing,
     QgsProcessingModelAlgorithm,
     QgsProcessingModelChildAlgorithm,
+    QgsProcessingModelChildDependency,
     QgsProcessingModelOutput,
     QgsProcessingModelParameter,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
 )
@@ -26,8 +30,23 @@ from qgis.PyQt.QtCore import QPointF
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def child(model, child_id, alg_id, description, x, y, sources, outputs=()):
+def child(
+    model,
+    child_id,
+    alg_id,
+    description,
+    x,
+    y,
+    sources,
+    outputs=(),
+    config=None,
+    depends_on=(),
+):
     alg = QgsProcessingModelChildAlgorithm(alg_id)
+    if config:
+        alg.setConfiguration(config)
+    if depends_on:
+        alg.setDependencies([QgsProcessingModelChildDependency(c, b) for c, b in depends_on])
     alg.setChildId(child_id)
     alg.setDescription(description)
     alg.setPosition(QPointF(x, y))
@@ -116,7 +135,137 @@ def dem_sinks_to_polygons() -> QgsProcessingModelAlgorithm:
     return model
 
 
-MODELS = {"dem_sinks_to_polygons": dem_sinks_to_polygons}
+def points_to_landcover() -> QgsProcessingModelAlgorithm:
+    model = QgsProcessingModelAlgorithm("Points to land-cover map", "Models", "mapseg")
+    model.setHelpContent(
+        {
+            "ALG_DESC": "A land-cover map from a few clicked points: Pseudo-label From Points "
+            "spreads each point's class over its superpixel, Train Model learns from those "
+            "partial labels (unlabelled pixels are ignored), Segment Raster maps the whole "
+            "scene and Polygonize Classes turns the map into styled polygons. When a reference "
+            "raster is given, Evaluate Segmentation scores the map against it.",
+        }
+    )
+    param(model, QgsProcessingParameterRasterLayer("scene", "Scene"), 80, 60)
+    points = QgsProcessingParameterFeatureSource(
+        "points", "Labelled points", [QgsProcessing.TypeVectorPoint]
+    )
+    param(model, points, 80, 140)
+    param(
+        model,
+        QgsProcessingParameterField(
+            "class_field", "Class field", parentLayerParameterName="points"
+        ),
+        80,
+        220,
+    )
+    minutes = QgsProcessingParameterNumber(
+        "training_minutes",
+        "Training time (minutes)",
+        QgsProcessingParameterNumber.Double,
+        5,
+        False,
+        0.1,
+    )
+    param(model, minutes, 80, 300)
+    size = QgsProcessingParameterNumber(
+        "superpixel_size",
+        "Superpixel size (pixels)",
+        QgsProcessingParameterNumber.Integer,
+        20,
+        False,
+        2,
+    )
+    param(model, size, 80, 380)
+    reference = QgsProcessingParameterRasterLayer(
+        "reference", "Reference map (optional)", optional=True
+    )
+    param(model, reference, 80, 460)
+    child(
+        model,
+        "pseudo",
+        "mapseg:pseudolabelfrompoints",
+        "Pseudo-label From Points",
+        340,
+        80,
+        {
+            "INPUT": Source.fromModelParameter("scene"),
+            "POINTS": Source.fromModelParameter("points"),
+            "CLASS_FIELD": Source.fromModelParameter("class_field"),
+            "SUPERPIXEL_SIZE": Source.fromModelParameter("superpixel_size"),
+        },
+    )
+    child(
+        model,
+        "train",
+        "mapseg:trainmodel",
+        "Train Model",
+        340,
+        200,
+        {
+            "INPUT": Source.fromModelParameter("scene"),
+            "LABELS": Source.fromChildOutput("pseudo", "OUTPUT"),
+            "MAX_TRAINING_TIME": Source.fromModelParameter("training_minutes"),
+            "TILE_SIZE": Source.fromModelParameter("tile_size"),
+        },
+        outputs=[("Model", "OUTPUT_MODEL")],
+    )
+    child(
+        model,
+        "segment",
+        "mapseg:segmentraster",
+        "Segment Raster",
+        340,
+        320,
+        {
+            "INPUT": Source.fromModelParameter("scene"),
+            "MODEL": Source.fromChildOutput("train", "OUTPUT_MODEL"),
+        },
+        outputs=[("Land-cover map", "OUTPUT")],
+    )
+    child(
+        model,
+        "polygons",
+        "mapseg:polygonizeclasses",
+        "Polygonize Classes",
+        340,
+        440,
+        {"INPUT": Source.fromChildOutput("segment", "OUTPUT")},
+        outputs=[("Land-cover polygons", "OUTPUT")],
+    )
+    # Evaluate only when a reference is given: a conditional branch gates the step.
+    condition = {"name": "with reference", "expression": "@reference IS NOT NULL"}
+    child(
+        model,
+        "has_reference",
+        "native:condition",
+        "Reference given?",
+        600,
+        320,
+        {},
+        config={"conditions": [condition]},
+    )
+    child(
+        model,
+        "evaluate",
+        "mapseg:evaluatesegmentation",
+        "Evaluate Segmentation",
+        600,
+        440,
+        {
+            "PREDICTION": Source.fromChildOutput("segment", "OUTPUT"),
+            "REFERENCE": Source.fromModelParameter("reference"),
+        },
+        outputs=[("Evaluation report", "OUTPUT_REPORT")],
+        depends_on=[("has_reference", "with reference")],
+    )
+    return model
+
+
+MODELS = {
+    "dem_sinks_to_polygons": dem_sinks_to_polygons,
+    "points_to_landcover": points_to_landcover,
+}
 
 
 def main() -> int:

@@ -95,3 +95,46 @@ def trained_model(path, steps: int = 80, seed: int = 0) -> str:
         opt.step()
     net.eval()
     return save(Path(path), net)
+
+
+def unsupervised_model(path, bands=3, dim=8, seed=0, tile=64, **extra) -> str:
+    """A tiny untrained label-free unet: ``dim`` embedding channels, per-input normalisation."""
+    import torch
+
+    from mapseg.core.modelfile import new_meta, save_model
+    from mapseg.nets import build_network
+
+    torch.manual_seed(seed)
+    net = build_network("unet", bands, dim, base_width=4).eval()
+    meta = new_meta(
+        architecture="unet",
+        arch_kwargs=net.mapseg_arch["kwargs"],
+        in_bands=bands,
+        band_stats=[dict(STATS[0]) for _ in range(bands)],
+        classes=[],
+        mode="unsupervised",
+        embedding_dim=dim,
+        normalization="per-input",
+        tile_size=tile,
+        pixel_size=10.0,
+        crs_wkt=utm_wkt(),
+        **extra,
+    )
+    return save_model(str(path), meta, net.state_dict())
+
+
+def regions(rows: int, cols: int, seed: int = 0, dtype=np.uint8, scale: float = 1.0):
+    """(3, rows, cols) image of three clearly different land covers, and its 0/1/2 truth.
+
+    Left third: dark blue, smooth; middle: bright yellow with texture; right: mid green,
+    smooth; the borders wander so the regions are not just stripes.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    wobble = 0.08 * cols * np.sin(yy / max(rows, 1) * 2 * np.pi)
+    truth = np.digitize(xx + wobble, [cols / 3, 2 * cols / 3]).astype(np.uint8)
+    colours = np.array([[30, 40, 120], [220, 200, 60], [70, 150, 60]], np.float64)
+    img = colours[truth].transpose(2, 0, 1)
+    img = img + rng.normal(0, 2, img.shape)
+    img[:, truth == 1] += 12 * np.sign(np.sin(xx[truth == 1] * 1.3))  # texture
+    return (np.clip(img, 0, 255) * scale).astype(dtype), truth

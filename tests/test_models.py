@@ -30,3 +30,81 @@ def test_dem_sinks_to_polygons_model_runs_through_qgis_process(tmp_path):
     assert areas == [9 * 25.0]
     assert all(f.GetField("class") == 1 for f in layer)
     assert QGIS_PROCESS.exists()
+
+
+def _nc_scene(tmp_path):
+    from conftest import sample_file
+    from osgeo import gdal
+
+    bands = [str(sample_file(f"lsat7_2000_{b}.tif")) for b in (10, 20, 30, 40, 50, 70)]
+    vrt = str(tmp_path / "nc.vrt")
+    gdal.BuildVRT(vrt, bands, separate=True).FlushCache()
+    return vrt
+
+
+def test_points_to_landcover_model_with_reference(tmp_path):
+    from conftest import read_raster, sample_file
+    from osgeo import gdal
+
+    scene = _nc_scene(tmp_path)
+    out = {
+        "train:Model": tmp_path / "model.pt",
+        "segment:Land-cover map": tmp_path / "map.tif",
+        "polygons:Land-cover polygons": tmp_path / "polygons.gpkg",
+        "evaluate:Evaluation report": tmp_path / "scores.html",
+    }
+    result = qgis_process_json(
+        str(MODELS / "points_to_landcover.model3"),
+        {
+            "scene": scene,
+            "points": sample_file("landsat96_points.shp"),
+            "class_field": "id",
+            "training_minutes": 0.25,
+            "superpixel_size": 10,
+            "tile_size": 64,
+            "reference": sample_file("strata.tif"),
+            **out,
+        },
+        timeout=900,
+    )
+    assert set(result["results"]) == set(out)
+    # The map lies on the scene's grid and only holds classes that the points carry (1..7).
+    ds = gdal.Open(str(out["segment:Land-cover map"]))
+    assert ds.GetGeoTransform() == gdal.Open(scene).GetGeoTransform()
+    nodata = ds.GetRasterBand(1).GetNoDataValue()
+    values = read_raster(out["segment:Land-cover map"])
+    classes = set(values[values != nodata].ravel().tolist())
+    assert classes and classes <= set(range(1, 8))
+    # Nodata exactly where any band of the scene is nodata (band 7 uses -32768, not -99999).
+    scene_ds = gdal.Open(scene)
+    nodata_values = [scene_ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(6)]
+    pixels = scene_ds.ReadAsArray()
+    scene_valid = np.all([pixels[i] != v for i, v in enumerate(nodata_values)], axis=0)
+    assert ((values != nodata) == scene_valid).all()
+    report = out["evaluate:Evaluation report"].read_text()
+    assert "data:image/png;base64" in report and "Mean IoU" in report
+    polys = ogr.Open(str(out["polygons:Land-cover polygons"]))  # held while its layer is used
+    assert polys.GetLayer(0).GetFeatureCount() > 0
+
+
+def test_points_to_landcover_model_skips_evaluation_without_reference(tmp_path):
+    from conftest import sample_file
+
+    result = qgis_process_json(
+        str(MODELS / "points_to_landcover.model3"),
+        {
+            "scene": _nc_scene(tmp_path),
+            "points": sample_file("landsat96_points.shp"),
+            "class_field": "id",
+            "training_minutes": 0.1,
+            "superpixel_size": 10,
+            "tile_size": 64,
+            "train:Model": tmp_path / "model.pt",
+            "segment:Land-cover map": tmp_path / "map.tif",
+            "polygons:Land-cover polygons": tmp_path / "polygons.gpkg",
+        },
+        timeout=900,
+    )
+    assert "evaluate:Evaluation report" not in result["results"]
+    assert (tmp_path / "map.tif").exists() and (tmp_path / "polygons.gpkg").exists()
+    assert (tmp_path / "model.pt").exists()

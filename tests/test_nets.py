@@ -285,7 +285,7 @@ def test_import_does_not_import_torch():
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "deeplabv3,fcn,refinenet,unet"
+    assert done.stdout.strip() == "deeplabv3,fcn,refinenet,sam,unet"
 
 
 # -- common ---------------------------------------------------------------------------------

@@ -1,0 +1,258 @@
+"""Fine-tuning SAM through Train Model: frozen encoders, trained decoder, balanced tiles, and a
+model file that Segment Raster uses without the original checkpoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import qgis_process_json, read_raster, run_alg, write_raster
+from osgeo import gdal
+
+from mapseg.core.dataset import TileReader, TileSet, scan_tiles
+from mapseg.core.labels import label_raster
+from mapseg.core.modelfile import load_model
+from mapseg.core.normalize import band_stats
+from mapseg.core.progress import Reporter
+from mapseg.core.train import FitConfig, fit
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+TILE = 32
+# Bright squares (the object) in two of the nine 32 px tiles of a 96 x 96 scene.
+SQUARES = [(4, 6, 20, 22), (40, 70, 56, 86)]  # (row0, col0, row1, col1)
+FAST = {"ARCHITECTURE": 4, "TILE_SIZE": TILE, "BATCH_SIZE": 4, "LEARNING_RATE": 0.005}
+
+
+def squares_scene(size: int = 96, seed: int = 0):
+    """(image (3, size, size) uint8, mask (size, size) uint8 0/1): bright squares on dark."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((size, size), np.uint8)
+    for r0, c0, r1, c1 in SQUARES:
+        mask[r0:r1, c0:c1] = 1
+    img = np.where(mask, 210, 40)[None] + rng.normal(0, 8, (3, size, size))
+    img[0, 0, 0], img[0, -1, -1] = 0, 255  # the same band range whatever the noise
+    return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_sam_checkpoint):
+    d = tmp_path_factory.mktemp("trainsam")
+    img, mask = squares_scene()
+    # A private copy of the checkpoint: deleted after training to show the model stands alone.
+    ckpt = d / "sam_copy.pth"
+    shutil.copy(tiny_sam_checkpoint, ckpt)
+    return {
+        "dir": d,
+        "img": img,
+        "mask": mask,
+        "ckpt": str(ckpt),
+        "img_path": write_raster(d / "rgb.tif", img),
+        "lab_path": write_raster(d / "mask.tif", mask),
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(provider, data):
+    out = data["dir"] / "sam_model.pt"
+    res = run_alg(
+        "trainmodel",
+        {
+            **FAST,
+            "INPUT": [data["img_path"]],
+            "LABELS": [data["lab_path"]],
+            "CHECKPOINT": data["ckpt"],
+            "EPOCHS": 4,
+            "VALIDATION_FRACTION": 0.0,
+            "OUTPUT_MODEL": str(out),
+        },
+    )
+    os.remove(data["ckpt"])
+    return res, out
+
+
+def check_weights(state: dict, checkpoint: dict) -> None:
+    """Encoder and prompt encoder as in the checkpoint; the mask decoder moved."""
+    frozen = [k for k in checkpoint if k.startswith(("image_encoder.", "prompt_encoder."))]
+    decoder = [k for k in checkpoint if k.startswith("mask_decoder.")]
+    assert len(frozen) > 20 and len(decoder) > 20
+    assert set(state) == {f"sam.{k}" for k in checkpoint}
+    for k in frozen:
+        assert torch.equal(state[f"sam.{k}"], checkpoint[k]), k
+    moved = [k for k in decoder if not torch.equal(state[f"sam.{k}"], checkpoint[k])]
+    assert len(moved) > len(decoder) // 2
+
+
+def test_fine_tunes_sam_through_processing(trained, data, tiny_sam_checkpoint):
+    res, out = trained
+    assert res["OUTPUT_MODEL"] == str(out)
+    meta, state = load_model(str(out))
+    assert meta["architecture"] == "sam" and meta["in_bands"] == 3
+    assert [c["value"] for c in meta["classes"]] == [0, 1]
+    assert meta["arch_kwargs"]["config"]["embed_dim"] == 32  # the tiny encoder, read off it
+    assert meta["training"]["loss"] == "dice_ce"  # SAM's default loss
+    assert meta["training"]["balanced_sampling"] is True
+    assert meta["training"]["train_tiles"] == 9
+    assert res["VAL_MIOU"] == pytest.approx(meta["metrics"]["miou"])
+    assert res["VAL_MIOU"] > 0.9  # bright squares are easy, even for a tiny random encoder
+    check_weights(state, torch.load(tiny_sam_checkpoint, weights_only=True))
+    losses = [h["train_loss"] for h in meta["history"]]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_segment_raster_uses_the_fine_tuned_model(trained, data):
+    _, model = trained
+    assert not os.path.exists(data["ckpt"])  # the original checkpoint is gone
+    dest = str(data["dir"] / "classes.tif")
+    run_alg("segmentraster", {"INPUT": data["img_path"], "MODEL": str(model), "OUTPUT": dest})
+    src, ds = gdal.Open(data["img_path"]), gdal.Open(dest)
+    assert (ds.RasterXSize, ds.RasterYSize) == (96, 96)
+    assert ds.GetGeoTransform() == src.GetGeoTransform()
+    assert ds.GetSpatialRef().IsSame(src.GetSpatialRef())
+    pred = read_raster(dest)
+    assert set(np.unique(pred)) <= {0, 1}
+    # The decoder learnt the squares, and tiled, blended inference finds them again.
+    obj, truth = pred == 1, data["mask"] == 1
+    assert (obj & truth).sum() / (obj | truth).sum() > 0.9
+
+
+def test_fine_tunes_sam_through_qgis_process(provider, data, tiny_sam_checkpoint, tmp_path):
+    out = tmp_path / "cli.pt"
+    doc = qgis_process_json(
+        "trainmodel",
+        {
+            **FAST,
+            "INPUT": data["img_path"],
+            "LABELS": write_raster(tmp_path / "lab3.tif", data["mask"] * 2 + 1),  # 1 / 3
+            "OBJECT_CLASS": 3,
+            "CHECKPOINT": str(tiny_sam_checkpoint),
+            "EPOCHS": 2,
+            "VALIDATION_FRACTION": 0.0,
+            "OUTPUT_MODEL": str(out),
+        },
+    )
+    assert doc["results"]["OUTPUT_MODEL"] == str(out)
+    meta, state = load_model(str(out))
+    assert meta["architecture"] == "sam"
+    assert [(c["value"], c["name"]) for c in meta["classes"]] == [
+        (0, "not class 3"),
+        (1, "class 3"),
+    ]
+    assert meta["training"]["object_class"] == 3
+    # Object pixels (value 3) became class 1: as many as the squares hold.
+    assert meta["training"]["labelled_pixels"] == [96 * 96 - 2 * 256, 2 * 256]
+    check_weights(state, torch.load(tiny_sam_checkpoint, weights_only=True))
+
+
+def tile_set(data, object_value=None):
+    images = [gdal.Open(data["img_path"])]
+    layers = [label_raster(data["lab_path"], images[0], 255, Reporter())]
+    tiles = scan_tiles(images, layers, TILE, Reporter())
+    reader = TileReader(images, layers, [0, 1], band_stats(images), TILE, object_value)
+    return TileSet(reader, tiles, preload=True), images, layers
+
+
+class TileCounter(torch.nn.Module):
+    """A real 1x1-conv segmenter that also counts the tiles it trains on by their content."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+        self.positive = self.negative = 0
+
+    def forward(self, x):
+        if self.training:
+            # squares are near 1, the rest near 0 (one corner pixel is 1.0)
+            has_object = (x[:, 0] > 0.6).flatten(1).sum(dim=1) > 10
+            self.positive += int(has_object.sum())
+            self.negative += int((~has_object).sum())
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_balanced_sampler_draws_positive_and_negative_tiles_equally(data, balanced):
+    tiles, _images, _layers = tile_set(data)
+    fractions = tiles.object_fractions()
+    assert (fractions > 0).sum() == 2 and (fractions == 0).sum() == 7
+    assert fractions.max() == pytest.approx(256 / 1024)
+    net = TileCounter()
+    cfg = FitConfig(epochs=200, batch_size=9, augment=False, seed=1, balanced=balanced)
+    fit(net, tiles, tiles, 2, None, cfg, Reporter())
+    total = net.positive + net.negative
+    assert total == 200 * 9
+    share = net.positive / total
+    if balanced:
+        assert share == pytest.approx(0.5, abs=0.04)
+    else:
+        assert share == pytest.approx(2 / 9)  # every tile once per epoch
+
+
+def test_object_value_reads_one_class_against_the_rest(data, tmp_path):
+    labels = write_raster(tmp_path / "multi.tif", (data["mask"] * 2 + 1).astype(np.uint8))
+    images = [gdal.Open(data["img_path"])]
+    layers = [label_raster(labels, images[0], 255, Reporter())]
+    tiles = scan_tiles(images, layers, TILE, Reporter())
+    reader = TileReader(images, layers, [0, 1], band_stats(images), TILE, 3)
+    x, y = np.empty((3, TILE, TILE), np.float32), np.empty((TILE, TILE), np.int64)
+    reader.read(tiles[0], x, y)
+    np.testing.assert_array_equal(y, data["mask"][:TILE, :TILE])
+
+
+def bad_run(data, tmp_path, **params):
+    out = tmp_path / "bad.pt"
+    base = {
+        **FAST,
+        "INPUT": [data["img_path"]],
+        "LABELS": [data["lab_path"]],
+        "EPOCHS": 1,
+        "OUTPUT_MODEL": str(out),
+    }
+    base.update(params)
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException) as err:
+        run_alg("trainmodel", base)
+    assert not out.exists()
+    assert not list(tmp_path.glob("bad*"))
+    return str(err.value)
+
+
+def test_sam_without_checkpoint(provider, data, tmp_path):
+    msg = bad_run(data, tmp_path)
+    assert "CHECKPOINT" in msg and ".pth" in msg
+
+
+def test_checkpoint_that_is_not_sam(provider, data, tmp_path):
+    other = tmp_path / "resnet.pth"
+    torch.save(torch.nn.Conv2d(3, 4, 3).state_dict(), other)
+    msg = bad_run(data, tmp_path, CHECKPOINT=str(other))
+    assert "not a Segment Anything checkpoint" in msg
+
+
+def test_four_band_input(provider, data, tmp_path, tiny_sam_checkpoint):
+    four = np.concatenate([data["img"], data["img"][:1]])
+    path = write_raster(tmp_path / "rgbn.tif", four)
+    msg = bad_run(data, tmp_path, INPUT=[path], CHECKPOINT=str(tiny_sam_checkpoint))
+    assert "exactly 3 bands" in msg and "have 4" in msg and "VRT" in msg
+
+
+def test_three_classes_without_object_class(provider, data, tmp_path, tiny_sam_checkpoint):
+    three = data["mask"].copy()
+    three[80:, :] = 2
+    labels = write_raster(tmp_path / "three.tif", three)
+    msg = bad_run(data, tmp_path, LABELS=[labels], CHECKPOINT=str(tiny_sam_checkpoint))
+    assert "3 classes ([0, 1, 2])" in msg and "OBJECT_CLASS" in msg
+
+
+def test_object_class_not_in_labels(provider, data, tmp_path, tiny_sam_checkpoint):
+    msg = bad_run(data, tmp_path, OBJECT_CLASS=7, CHECKPOINT=str(tiny_sam_checkpoint))
+    assert "OBJECT_CLASS 7" in msg and "[0, 1]" in msg
+
+
+def test_checkpoint_with_another_architecture(provider, data, tmp_path, tiny_sam_checkpoint):
+    msg = bad_run(data, tmp_path, ARCHITECTURE=0, CHECKPOINT=str(tiny_sam_checkpoint))
+    assert "only used with ARCHITECTURE sam" in msg
