@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingParameterBand,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
 )
 
 from .base import MapSegAlgorithm
-from .segmentwithsam import DEVICES, checkpoint_parameter, load_sam
+from .segmentwithsam import add_sam_inputs, load_sam
 
 
 class SamAutomaticMasks(MapSegAlgorithm):
@@ -37,21 +35,7 @@ class SamAutomaticMasks(MapSegAlgorithm):
     def initAlgorithm(self, config=None):
         number = QgsProcessingParameterNumber
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        self.addParameter(checkpoint_parameter(self, self.CHECKPOINT))
-        self.addParameter(
-            QgsProcessingParameterBand(
-                self.BANDS,
-                self.tr("Bands used as red, green, blue (empty: 1, 2, 3)"),
-                parentLayerParameterName=self.INPUT,
-                optional=True,
-                allowMultiple=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue=0
-            )
-        )
+        add_sam_inputs(self)
         self.addParameter(
             number(
                 self.POINTS_PER_SIDE,

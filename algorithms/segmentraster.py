@@ -18,7 +18,7 @@ from .base import MapSegAlgorithm
 
 class SegmentRaster(MapSegAlgorithm):
     NAME = "segmentraster"
-    DISPLAY = "Segment raster"
+    DISPLAY = "Segment Raster"
     GROUP = "Deep learning"
     REQUIRES = ("torch", "torchvision")
 

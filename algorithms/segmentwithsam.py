@@ -26,12 +26,27 @@ from .base import MapSegAlgorithm
 DEVICES = ["auto", "cpu", "cuda"]
 
 
-def checkpoint_parameter(alg, name):
-    return QgsProcessingParameterFile(
-        name,
-        alg.tr("Segment Anything checkpoint (.pth)"),
-        behavior=QgsProcessingParameterFile.File,
-        fileFilter="SAM checkpoint (*.pth *.pt);;All files (*)",
+def add_sam_inputs(alg) -> None:
+    """The checkpoint, RGB band and device parameters both SAM algorithms share."""
+    alg.addParameter(
+        QgsProcessingParameterFile(
+            alg.CHECKPOINT,
+            alg.tr("Segment Anything checkpoint (.pth)"),
+            behavior=QgsProcessingParameterFile.File,
+            fileFilter="SAM checkpoint (*.pth *.pt);;All files (*)",
+        )
+    )
+    alg.addParameter(
+        QgsProcessingParameterBand(
+            alg.BANDS,
+            alg.tr("Bands used as red, green, blue (empty: 1, 2, 3)"),
+            parentLayerParameterName=alg.INPUT,
+            optional=True,
+            allowMultiple=True,
+        )
+    )
+    alg.addParameter(
+        QgsProcessingParameterEnum(alg.DEVICE, alg.tr("Device"), options=DEVICES, defaultValue=0)
     )
 
 
@@ -116,21 +131,7 @@ class SegmentWithSam(MapSegAlgorithm):
                     optional=True,
                 )
             )
-        self.addParameter(checkpoint_parameter(self, self.CHECKPOINT))
-        self.addParameter(
-            QgsProcessingParameterBand(
-                self.BANDS,
-                self.tr("Bands used as red, green, blue (empty: 1, 2, 3)"),
-                parentLayerParameterName=self.INPUT,
-                optional=True,
-                allowMultiple=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue=0
-            )
-        )
+        add_sam_inputs(self)
         self.addParameter(
             self.advanced(
                 QgsProcessingParameterNumber(

@@ -55,7 +55,7 @@ def parse_options(text: str) -> dict:
 
 class TrainModel(MapSegAlgorithm):
     NAME = "trainmodel"
-    DISPLAY = "Train model"
+    DISPLAY = "Train Model"
     GROUP = "Deep learning"
     REQUIRES = ("torch", "torchvision")
 

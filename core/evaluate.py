@@ -32,6 +32,7 @@ from .raster import (
     raster_info,
     read_classes,
     read_window,
+    scratch_raster,
     valid_mask,
     windows,
 )
@@ -222,20 +223,7 @@ def rasterize_reference(
         raise MapSegError(f"The reference polygon layer '{path}' has no features.")
     _check_overlap(_to_srs(bounds, srs, pi.srs()), pi, "reference polygon layer")
     tmp = os.path.join(workdir, "reference.tif")
-    ds = gdal.GetDriverByName("GTiff").Create(
-        tmp,
-        pi.width,
-        pi.height,
-        1,
-        gdal.GDT_Int32,
-        options=["TILED=YES", "COMPRESS=DEFLATE", "SPARSE_OK=TRUE"],
-    )
-    ds.SetGeoTransform(list(pi.geotransform))
-    if pi.projection:
-        ds.SetProjection(pi.projection)
-    out = ds.GetRasterBand(1)
-    out.SetNoDataValue(NO_CLASS)
-    out.Fill(NO_CLASS)
+    ds = scratch_raster(tmp, pi, gdal.GDT_Int32, NO_CLASS)
     esc = class_field.replace('"', '""')
     try:
         gdal.Rasterize(

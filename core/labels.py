@@ -21,7 +21,7 @@ from osgeo import gdal, ogr
 
 from .errors import MapSegError
 from .progress import Reporter
-from .raster import open_raster, raster_info, read_classes
+from .raster import open_raster, raster_info, read_classes, scratch_raster
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -260,20 +260,7 @@ def rasterize_polygons(
     info = raster_info(image)
     fd, tmp = tempfile.mkstemp(suffix=".tif", prefix="labels_", dir=workdir)
     os.close(fd)
-    ds = gdal.GetDriverByName("GTiff").Create(
-        tmp,
-        info.width,
-        info.height,
-        1,
-        gdal.GDT_Int32,
-        options=["TILED=YES", "COMPRESS=DEFLATE", "SPARSE_OK=TRUE"],
-    )
-    ds.SetGeoTransform(list(info.geotransform))
-    if info.projection:
-        ds.SetProjection(info.projection)
-    band = ds.GetRasterBand(1)
-    band.SetNoDataValue(float(ignore_value))
-    band.Fill(float(background if background is not None else ignore_value))
+    ds = scratch_raster(tmp, info, gdal.GDT_Int32, ignore_value, background)
     try:
         if plan["burn"] is None:
             gdal.Rasterize(ds, path, layers=[plan["layer"]], attribute=class_field)

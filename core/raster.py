@@ -340,6 +340,27 @@ def read_classes(band: gdal.Band) -> Tuple[dict, dict]:
     return colors, names
 
 
+def scratch_raster(
+    path: str, info: RasterInfo, gdal_type: int, nodata: float, fill: float | None = None
+) -> gdal.Dataset:
+    """A sparse, tiled working GeoTIFF on ``info``'s grid, filled with ``fill`` (or nodata)."""
+    ds = gdal.GetDriverByName("GTiff").Create(
+        path,
+        info.width,
+        info.height,
+        1,
+        gdal_type,
+        options=["TILED=YES", "COMPRESS=DEFLATE", "SPARSE_OK=TRUE"],
+    )
+    ds.SetGeoTransform(list(info.geotransform))
+    if info.projection:
+        ds.SetProjection(info.projection)
+    band = ds.GetRasterBand(1)
+    band.SetNoDataValue(float(nodata))
+    band.Fill(float(nodata if fill is None else fill))
+    return ds
+
+
 def copy_georeferencing(src: gdal.Dataset, dst: gdal.Dataset) -> None:
     gt = src.GetGeoTransform(can_return_null=True)
     if gt:
