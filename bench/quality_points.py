@@ -32,7 +32,9 @@ from osgeo import gdal, ogr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_nc as nc  # noqa: E402  (also puts build/pkg on sys.path)
 
+from mapseg.core.normalize import read_stack, valid_stack_mask  # noqa: E402
 from mapseg.core.progress import Reporter  # noqa: E402
+from mapseg.core.raster import open_raster  # noqa: E402
 from mapseg.core.superpixels import pseudo_label  # noqa: E402
 from mapseg.core.train import FitConfig  # noqa: E402
 from mapseg.core.train_job import TrainJob, train_model  # noqa: E402
@@ -79,15 +81,25 @@ def rasterise_points(dest: str, west_img: str, cols, rows, cls) -> int:
     return int((arr > 0).sum())
 
 
-def agreement(label_path: str, ref: np.ndarray, ref_valid: np.ndarray) -> tuple:
-    """(labelled pixels, fraction of them that equal the strata map where it is valid)."""
+def image_valid(path: str) -> np.ndarray:
+    """Pixels where every band holds data: training ignores labels elsewhere."""
+    ds = open_raster(path)
+    bands = list(range(1, ds.RasterCount + 1))
+    block = read_stack(ds, bands, (0, 0, ds.RasterXSize, ds.RasterYSize))
+    return valid_stack_mask(ds, bands, block)
+
+
+def agreement(label_path: str, ref: np.ndarray, ref_valid: np.ndarray, img_valid) -> tuple:
+    """(labelled pixels, those on valid image data, fraction of the latter equal to the strata
+    map where it is valid)."""
     ds = gdal.Open(label_path)
     arr = ds.ReadAsArray()
     nodata = ds.GetRasterBand(1).GetNoDataValue()
     lab = np.isfinite(arr) & (arr != nodata) if nodata is not None else np.isfinite(arr)
-    both = lab & ref_valid
+    usable = lab & img_valid
+    both = usable & ref_valid
     agree = float((np.rint(arr[both]) == ref[both]).mean()) if both.any() else float("nan")
-    return int(lab.sum()), agree
+    return int(lab.sum()), int(usable.sum()), agree
 
 
 def train_and_score(label_path, v, east, values, args, seed, tmp) -> tuple:
@@ -176,19 +188,24 @@ def main() -> int:
             )
 
     full = np.array([s["miou"] for s in results["full strata labels"]])
-    head = f"{'label source':<28}{'labelled px':>12}{'agree':>7}{'east mIoU':>16}"
+    img_valid = image_valid(v["img", "west"])
+    head = f"{'label source':<28}{'labelled px':>12}{'usable':>8}{'agree':>7}{'east mIoU':>16}"
     print(f"\n{head}{'accuracy':>10}{'kappa':>8}{'/ full':>8}")
     for name, path in sources:
-        n, agree = agreement(path, west_ref, west_valid)
+        n, usable, agree = agreement(path, west_ref, west_valid, img_valid)
         miou = np.array([s["miou"] for s in results[name]])
         acc = np.mean([s["accuracy"] for s in results[name]])
         kappa = np.mean([s["kappa"] for s in results[name]])
         spread = f"{miou.mean():.3f}" + (f" ± {miou.std():.3f}" if len(miou) > 1 else "")
         ratio = float(np.mean(miou / full))
-        print(f"{name:<28}{n:>12}{agree:>7.2f}{spread:>16}{acc:>10.3f}{kappa:>8.3f}{ratio:>8.2f}")
+        print(
+            f"{name:<28}{n:>12}{usable:>8}{agree:>7.2f}{spread:>16}{acc:>10.3f}{kappa:>8.3f}{ratio:>8.2f}"
+        )
     print(
-        "\nagree: fraction of the labelled pixels equal to the strata map (west half); / full: "
-        "east mIoU over that of the full labels, same seed (mean over seeds)."
+        f"\nusable: labelled pixels where all 6 bands hold data ({int(img_valid.sum())} of "
+        f"{img_valid.size} west pixels; band 70 has a nodata gap) -- training ignores the rest; "
+        "agree: fraction of the usable labelled pixels equal to the strata map; / full: east "
+        "mIoU over that of the full labels, same seed (mean over seeds)."
     )
     return 0
 
