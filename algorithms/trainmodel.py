@@ -296,8 +296,9 @@ class TrainModel(MapSegAlgorithm):
         meta = train_model(job, self.reporter(feedback))
         results = {
             self.OUTPUT_MODEL: job.output,
-            self.VAL_MIOU: meta["metrics"]["miou"],
-            self.VAL_ACCURACY: meta["metrics"]["accuracy"],
+            # A label-free model (no labels given) has no validation scores.
+            self.VAL_MIOU: meta["metrics"].get("miou"),
+            self.VAL_ACCURACY: meta["metrics"].get("accuracy"),
         }
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         if report:

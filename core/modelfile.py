@@ -130,7 +130,26 @@ def build_model(meta: dict, state_dict: dict | None = None):
                 "The model file's weights do not fit its architecture "
                 f"({meta['architecture']}): {str(err).splitlines()[0]}"
             ) from None
+    if meta["mode"] == "unsupervised" and meta.get("embedding_norm") == "l2":
+        net = _l2_embedding(net)
     return net
+
+
+def _l2_embedding(net):
+    """Wrap a label-free network so its per-pixel embedding has unit length (parameter-free:
+    k-means over unit vectors compares directions, which segments better than raw logits)."""
+    import torch
+
+    class L2Embedding(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.mapseg_arch = getattr(inner, "mapseg_arch", None)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(self.inner(x), dim=1)
+
+    return L2Embedding(net)
 
 
 def class_values(meta: dict) -> list[int]:

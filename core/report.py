@@ -15,7 +15,7 @@ from typing import List, Sequence
 from .errors import MapSegError
 
 
-def _png(series: Sequence[tuple], ylabel: str, title: str) -> str:
+def _png(series: Sequence[tuple], ylabel: str, title: str, xlabel: str = "epoch") -> str:
     """A line chart of ``(label, xs, ys)`` series as a base64 PNG data URI."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -25,7 +25,7 @@ def _png(series: Sequence[tuple], ylabel: str, title: str) -> str:
     ax = fig.add_subplot(1, 1, 1)
     for label, xs, ys in series:
         ax.plot(xs, ys, marker="o", markersize=3, label=label)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -48,6 +48,8 @@ def _finite(values) -> list:
 
 def report_html(meta: dict) -> str:
     """The report page for a trained model's metadata."""
+    if meta.get("mode") == "unsupervised":
+        return _label_free_html(meta)
     esc = html.escape
     hist = meta.get("history") or []
     metrics = meta.get("metrics") or {}
@@ -146,6 +148,60 @@ def report_html(meta: dict) -> str:
         ]
         header = ["Epoch", "Train loss", "Val loss", "Val mIoU", "Val accuracy", "LR", "Seconds"]
         parts.append("<h2>History</h2>" + _rows(rows, header))
+    parts.append(f"<p>Created {esc(str(meta.get('created', '')))} by MapSeg.</p></body></html>")
+    return "\n".join(parts)
+
+
+def _label_free_html(meta: dict) -> str:
+    """Report of a label-free model: what it was trained on, its loss curve, a preview."""
+    esc = html.escape
+    hist = meta.get("history") or []
+    tr = meta.get("training") or {}
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>MapSeg training report</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:"
+        "collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px}</style>",
+        "</head><body><h1>MapSeg training report: label-free model</h1>",
+        "<p>No labels were given: the network learned per-pixel features (an embedding of "
+        f"{meta.get('embedding_dim')} values) by predicting {tr.get('k0')} clusters of a filter "
+        "bank from photometrically altered views. Segment Raster groups them into N segments "
+        "with k-means; segment ids carry no class names.</p>",
+    ]
+    if tr.get("stopped_early"):
+        why = "canceled by the user" if tr.get("stop_reason") == "canceled" else "time limit"
+        parts.append(
+            f"<p><b>Training was stopped early ({why}).</b> The model holds the weights with "
+            "the lowest held-out loss found before the stop.</p>"
+        )
+    summary = [
+        ["Architecture", f"{esc(meta['architecture'])} {esc(str(meta.get('arch_kwargs', {})))}"],
+        ["Inputs", esc(", ".join(tr.get("inputs", [])))],
+        ["Bands", str(meta["in_bands"])],
+        ["Normalisation", esc(str(meta.get("normalization", "")))],
+        ["Tiles / tile size", f"{tr.get('tiles')} / {meta['tile_size']} px"],
+        ["Device", esc(str(tr.get("device")))],
+        ["Training time", f"{float(tr.get('seconds', 0)):.1f} s"],
+        ["Steps run", f"{tr.get('steps_run')} of {tr.get('steps')}"],
+        ["Lowest held-out loss", f"{(meta.get('metrics') or {}).get('held_out_loss', 0):.4f}"],
+    ]  # fmt: skip
+    parts.append("<h2>Summary</h2>" + _rows(summary, ["", ""]))
+    if hist:
+        steps = [h["step"] for h in hist]
+        loss = _png(
+            [
+                ("training", steps, _finite([h["train_loss"] for h in hist])),
+                ("held-out tiles", steps, _finite([h["held_out_loss"] for h in hist])),
+            ],
+            "loss",
+            "Loss",
+            "step",
+        )
+        parts.append(f"<h2>Loss</h2><img alt='loss curve' src='{loss}'>")
+    if tr.get("preview", "").startswith("data:image/png;base64,"):
+        parts.append(
+            f"<h2>Preview</h2><p>A training tile and its {tr.get('preview_segments')}-segment "
+            f"map.</p><img alt='segment preview' src='{tr['preview']}'>"
+        )
     parts.append(f"<p>Created {esc(str(meta.get('created', '')))} by MapSeg.</p></body></html>")
     return "\n".join(parts)
 

@@ -182,6 +182,10 @@ def train_model(job: TrainJob, reporter: Reporter) -> dict:
     """Train, save the model file at ``job.output`` and return its metadata."""
     output = check_destination(job.output, list(job.images))
     images = _open_images(job.images)
+    if not job.label_rasters and not job.polygons:  # no labels: label-free (self-supervised)
+        from .selfsup import train_from_job
+
+        return train_from_job(job, output, reporter)
     bands = images[0].RasterCount
     _check_sam(job, bands)
     init_meta = init_state = None

@@ -241,7 +241,7 @@ def _bad(tmp_path, data, extra):
         ("text_field", "holds text"),
         ("init_bands", "reads 2 band"),
         ("one_class", "at least two classes"),
-        ("no_labels", "No labels were given"),
+        ("labelfree_init", "label-free training"),  # no labels: label-free, never fine-tuned
     ],
 )
 def test_bad_inputs_fail_clearly(provider, data, tmp_path, case, message):
@@ -271,8 +271,10 @@ def test_bad_inputs_fail_clearly(provider, data, tmp_path, case, message):
     elif case == "one_class":
         img_path, poly, _ = _buildings(tmp_path, text=False)
         extra = {"INPUT": [img_path], "LABEL_POLYGONS": poly, "CLASS_FIELD": "kind"}
-    elif case == "no_labels":
-        extra = {}
+    elif case == "labelfree_init":
+        init = tmp_path / "init.pt"
+        init.write_bytes(b"not read: refused before loading")
+        extra = {"INIT_MODEL": str(init)}
     with pytest.raises(QgsProcessingException, match=message):
         run_alg("trainmodel", _bad(tmp_path, data, extra))
     assert not (tmp_path / "bad.pt").exists()
