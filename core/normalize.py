@@ -104,5 +104,6 @@ def normalise(
         np.clip(block[i], s["low"], s["high"], out=out[i])
         out[i] -= s["offset"]
         out[i] *= 1.0 / s["scale"]
-    np.nan_to_num(out, copy=False)
+    if block.dtype.kind == "f":  # only float input can carry NaN or infinities
+        np.nan_to_num(out, copy=False)
     return out

@@ -181,7 +181,13 @@ class Writer(threading.Thread):
         if job.finalize is not None:
             cls, prob = job.finalize(block)
         else:
-            cls, prob = finalize_block(block, job.class_values, job.nodata, job.prob_nodata)
+            cls, prob = finalize_block(
+                block,
+                job.class_values,
+                job.nodata,
+                job.prob_nodata,
+                with_prob=len(self.rows.bufs) > 1,
+            )
         wx, wy = job.window[0], job.window[1]
         self.rows.put(x - wx, y - wy, (cls, prob)[: len(self.rows.bufs)])
 

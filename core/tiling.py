@@ -209,19 +209,25 @@ class BlendAccumulator:
 
 
 def finalize_block(
-    block: np.ndarray, values: np.ndarray, nodata: float, prob_nodata: float
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Class values and winning probability of an emitted (C + 2, h, w) block."""
+    block: np.ndarray,
+    values: np.ndarray,
+    nodata: float,
+    prob_nodata: float,
+    with_prob: bool = True,
+) -> Tuple[np.ndarray, np.ndarray | None]:
+    """Class values and (when asked for) winning probability of an emitted (C + 2, h, w) block."""
     c = block.shape[0] - 2
     scores = block[:c]
     best = scores.argmax(axis=0)
-    prob = np.take_along_axis(scores, best[None], axis=0)[0] / block[c]
     cls = values[best]
+    # The probability costs a gather and a division per pixel: only when it is written.
+    prob = np.take_along_axis(scores, best[None], axis=0)[0] / block[c] if with_prob else None
     invalid = block[c + 1] > 0
     if invalid.any():
         cls[invalid] = nodata
-        prob[invalid] = prob_nodata
-    return cls, prob.astype(np.float32, copy=False)
+        if prob is not None:
+            prob[invalid] = prob_nodata
+    return cls, None if prob is None else prob.astype(np.float32, copy=False)
 
 
 # -- georeferencing --------------------------------------------------------------------------
