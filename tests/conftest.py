@@ -39,6 +39,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One torch intra-op thread for the whole run. The test machine's 2 cores are shared by
+    this process and the qgis_process subprocesses it starts; OpenMP oversubscription makes
+    tiny networks up to 10x slower under load, and no result depends on the thread count."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # -- QGIS ---------------------------------------------------------------------------------
 
 
@@ -87,7 +103,9 @@ def qgis_process(
             if isinstance(v, bool):
                 v = "true" if v else "false"
             args.append(f"{key}={v}")
+    # One OpenMP thread per qgis_process, like the test process itself (see one_torch_thread).
     run_env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    run_env.setdefault("OMP_NUM_THREADS", "1")
     run_env.update(env or {})
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=run_env)
 

@@ -45,7 +45,6 @@ def test_default_model_loads_as_a_three_band_label_free_model():
 
 def test_default_model_segments_nc_landsat_better_than_raw_colour(tmp_path):
     pytest.importorskip("torch")
-    import torch
     from osgeo import gdal
 
     from mapseg.core.clustering import agreement
@@ -53,7 +52,6 @@ def test_default_model_segments_nc_landsat_better_than_raw_colour(tmp_path):
     from mapseg.core.normalize import band_stats, normalise, valid_stack_mask
     from mapseg.core.selfsup import embed, segment
 
-    torch.set_num_threads(1)
     files = [str(sample_file(f"lsat7_2000_{b}.tif")) for b in (10, 20, 30)]
     strata = gdal.Open(str(sample_file("strata.tif"))).ReadAsArray()
     vrt = str(tmp_path / "nc.vrt")

@@ -26,15 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 Case = Tuple[int, int, Tuple[int, int]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine's 2 cores are shared; one intra-op thread keeps runs predictable.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(autouse=True)
 def no_downloads(tmp_path, monkeypatch):
     """Empty TORCH_HOME, and any attempt to fetch weights fails loudly; it must stay empty."""

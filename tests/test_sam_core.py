@@ -19,14 +19,6 @@ from mapseg.core.sam_windows import Merger, part_from_window, tile
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def to_map(col: float, row: float):
     return GT[0] + col * GT[1], GT[3] + row * GT[5]
 

@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from conftest import CancelAfter, qgis_process_json, run_alg, save_dialog_screenshot
 from osgeo import ogr, osr
 
@@ -18,14 +17,6 @@ GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 FIELDS = ["mask_id", "pred_iou", "stability", "area", "windows"]
 # Thresholds at 0: a random tiny SAM has no confident masks, and we want some to check.
 LOOSE = {"POINTS_PER_SIDE": 4, "PRED_IOU_THRESH": 0.0, "STABILITY_THRESH": 0.0}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def scene(rows=300, cols=400):

@@ -21,17 +21,6 @@ from segment_models import CLASSES, blobs, random_model, trained_model
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The test machine's 2 cores are shared: one intra-op thread is faster and steadier.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")

@@ -15,16 +15,6 @@ from mapseg.core.clustering import agreement
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return unsupervised_model(tmp_path_factory.mktemp("models") / "free.pt", seed=3)

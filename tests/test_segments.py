@@ -28,16 +28,6 @@ MIN_ARI = 0.7
 MIN_ARI_MEDIUM = 0.6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return unsupervised_model(tmp_path_factory.mktemp("models") / "free.pt", seed=3)

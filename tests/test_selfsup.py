@@ -20,14 +20,6 @@ from mapseg.core.train_job import TrainJob, train_model  # noqa: E402
 SMALL = {"base_width": 4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def three_regions(n: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(3, n, n) uint8 image of 3 regions (a disc, two halves) with their own colour and
     texture (smooth, stripes, speckle), and the (n, n) region map."""

@@ -25,17 +25,6 @@ from mapseg.core.tiling import (
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The test machine's 2 cores are shared: one intra-op thread is faster and steadier.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return random_model(tmp_path_factory.mktemp("models") / "random.pt", tile=64)

@@ -22,10 +22,6 @@ from mapseg.core.progress import Reporter
 from mapseg.core.train import FitConfig, class_weights
 from mapseg.core.train_job import TrainJob, train_model
 
-# The test machine has 2 shared cores: one intra-op thread avoids OpenMP oversubscription, which
-# makes tiny networks 10x slower under load. Results do not depend on it.
-torch.set_num_threads(1)
-
 LEVELS = np.array([300, 1500, 2700])  # band-1 value of classes 1, 2, 3 (uint16 imagery)
 
 

@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from conftest import (
     CancelAfter,
     qgis_process_json,
@@ -19,11 +18,6 @@ from osgeo import ogr, osr
 from test_train_core import scene
 
 from mapseg.core.modelfile import load_model
-
-# Two shared cores: one intra-op thread (here and in qgis_process) avoids OpenMP
-# oversubscription that makes tiny networks 10x slower under load.
-torch.set_num_threads(1)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 FAST = {
     "ARCHITECTURE": 0,

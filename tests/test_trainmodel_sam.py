@@ -19,9 +19,6 @@ from mapseg.core.normalize import band_stats
 from mapseg.core.progress import Reporter
 from mapseg.core.train import FitConfig, fit
 
-torch.set_num_threads(1)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 TILE = 32
 # Bright squares (the object) in two of the nine 32 px tiles of a 96 x 96 scene.
 SQUARES = [(4, 6, 20, 22), (40, 70, 56, 86)]  # (row0, col0, row1, col1)
