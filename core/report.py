@@ -14,6 +14,29 @@ from typing import List, Sequence
 
 from .errors import MapSegError
 
+STYLE = (
+    "<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:"
+    "collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+    "th{background:#eee}td:first-child{text-align:left}.sw{display:inline-block;width:1em;"
+    "height:1em;border:1px solid #555;vertical-align:middle;margin-right:4px}</style>"
+)
+
+
+def _head(title: str, tr: dict, kept: str) -> list:
+    """Page head, title and the early-stop notice shared by both training reports."""
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>MapSeg training report</title>",
+        STYLE,
+        f"</head><body><h1>{title}</h1>",
+    ]
+    if tr.get("stopped_early"):
+        why = "canceled by the user" if tr.get("stop_reason") == "canceled" else "time limit"
+        parts.append(
+            f"<p><b>Training was stopped early ({why}).</b> The model holds {kept} found "
+            "before the stop.</p>"
+        )
+    return parts
+
 
 def _png(series: Sequence[tuple], ylabel: str, title: str, xlabel: str = "epoch") -> str:
     """A line chart of ``(label, xs, ys)`` series as a base64 PNG data URI."""
@@ -56,20 +79,7 @@ def report_html(meta: dict) -> str:
     tr = meta.get("training") or {}
     classes = meta["classes"]
     epochs = [h["epoch"] for h in hist]
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>MapSeg training report</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:"
-        "collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
-        "th{background:#eee}td:first-child{text-align:left}.sw{display:inline-block;width:1em;"
-        "height:1em;border:1px solid #555;vertical-align:middle;margin-right:4px}</style>",
-        "</head><body><h1>MapSeg training report</h1>",
-    ]
-    if tr.get("stopped_early"):
-        why = "canceled by the user" if tr.get("stop_reason") == "canceled" else "time limit"
-        parts.append(
-            f"<p><b>Training was stopped early ({why}).</b> The model holds the best weights "
-            "found before the stop.</p>"
-        )
+    parts = _head("MapSeg training report", tr, "the best weights")
     summary = [
         ["Architecture", f"{esc(meta['architecture'])} {esc(str(meta.get('arch_kwargs', {})))}"],
         ["Inputs", esc(", ".join(tr.get("inputs", [])))],
@@ -157,22 +167,15 @@ def _label_free_html(meta: dict) -> str:
     esc = html.escape
     hist = meta.get("history") or []
     tr = meta.get("training") or {}
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>MapSeg training report</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:"
-        "collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px}</style>",
-        "</head><body><h1>MapSeg training report: label-free model</h1>",
+    parts = _head(
+        "MapSeg training report: label-free model", tr, "the weights with the lowest held-out loss"
+    )
+    parts.append(
         "<p>No labels were given: the network learned per-pixel features (an embedding of "
         f"{meta.get('embedding_dim')} values) by predicting {tr.get('k0')} clusters of a filter "
         "bank from photometrically altered views. Segment Raster groups them into N segments "
-        "with k-means; segment ids carry no class names.</p>",
-    ]
-    if tr.get("stopped_early"):
-        why = "canceled by the user" if tr.get("stop_reason") == "canceled" else "time limit"
-        parts.append(
-            f"<p><b>Training was stopped early ({why}).</b> The model holds the weights with "
-            "the lowest held-out loss found before the stop.</p>"
-        )
+        "with k-means; segment ids carry no class names.</p>"
+    )
     summary = [
         ["Architecture", f"{esc(meta['architecture'])} {esc(str(meta.get('arch_kwargs', {})))}"],
         ["Inputs", esc(", ".join(tr.get("inputs", [])))],

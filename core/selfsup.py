@@ -138,21 +138,10 @@ def _views(x, y, gen):
     """Same random flip/rot90 for the batch pair, two independent photometric jitters."""
     import torch
 
+    from .train import flip_rotate
+
     n = x.shape[0]
-    p = torch.rand((n, 3), generator=gen)
-    xs, ys = [], []
-    for i in range(n):
-        xi, yi = x[i], y[i]
-        if p[i, 0] < 0.5:
-            xi, yi = xi.flip(-1), yi.flip(-1)
-        if p[i, 1] < 0.5:
-            xi, yi = xi.flip(-2), yi.flip(-2)
-        k = int(p[i, 2] * 4) % 4
-        if k:
-            xi, yi = torch.rot90(xi, k, (-2, -1)), torch.rot90(yi, k, (-2, -1))
-        xs.append(xi)
-        ys.append(yi)
-    x, y = torch.stack(xs), torch.stack(ys)
+    x, y = flip_rotate(x, y, torch.rand((n, 3), generator=gen))
 
     def jitter():
         c = x.shape[1]

@@ -94,14 +94,15 @@ def class_weights(counts: np.ndarray, max_weight: float = 10.0) -> np.ndarray:
     return np.clip(w, 1.0 / max_weight, max_weight)
 
 
-def augment_batch(x, y, gen):
-    """Random flips, 90-degree rotations (square tiles) and brightness/contrast per sample."""
+def flip_rotate(x, y, params):
+    """Per-sample flips and 90-degree rotations (square tiles) of images and labels alike.
+
+    ``params`` is an (n, 3) tensor of uniform draws: horizontal flip, vertical flip, rotation.
+    """
     import torch
 
-    n = x.shape[0]
-    params = torch.rand((n, 5), generator=gen)  # drawn on the CPU: same on every device
     xs, ys = [], []
-    for i in range(n):
+    for i in range(x.shape[0]):
         xi, yi = x[i], y[i]
         if params[i, 0] < 0.5:
             xi, yi = xi.flip(-1), yi.flip(-1)
@@ -110,11 +111,21 @@ def augment_batch(x, y, gen):
         k = int(params[i, 2] * 4) % 4
         if k and xi.shape[-1] == xi.shape[-2]:
             xi, yi = torch.rot90(xi, k, (-2, -1)), torch.rot90(yi, k, (-2, -1))
-        gain = 0.8 + 0.4 * float(params[i, 3])  # images are normalised to ~[0, 1]
-        shift = 0.1 * (float(params[i, 4]) - 0.5)
-        xs.append(xi * gain + shift)
+        xs.append(xi)
         ys.append(yi)
     return torch.stack(xs), torch.stack(ys)
+
+
+def augment_batch(x, y, gen):
+    """Random flips, 90-degree rotations (square tiles) and brightness/contrast per sample."""
+    import torch
+
+    n = x.shape[0]
+    params = torch.rand((n, 5), generator=gen)  # drawn on the CPU: same on every device
+    x, y = flip_rotate(x, y, params[:, :3])
+    gain = (0.8 + 0.4 * params[:, 3]).to(x.device, x.dtype).view(n, 1, 1, 1)
+    shift = (0.1 * (params[:, 4] - 0.5)).to(x.device, x.dtype).view(n, 1, 1, 1)
+    return x * gain + shift, y
 
 
 def dice_loss(logits, target, num_classes: int):
