@@ -150,8 +150,8 @@ class EvaluateSegmentation(MapSegAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
 
     def process(self, parameters, context, feedback):
-        from ..core.evaluate import evaluate, parse_ignore, table_rows
-        from ..core.raster import check_destination
+        from ..core.evaluate.evaluation import evaluate_segmentation, parse_ignore, table_rows
+        from ..core.io.raster import check_destination
 
         prediction = self.raster_source(parameters, self.PREDICTION, context)
         reference = polygons = layer_name = None
@@ -174,7 +174,7 @@ class EvaluateSegmentation(MapSegAlgorithm):
         object_class = None
         if parameters.get(self.OBJECT_CLASS) not in (None, ""):
             object_class = self.parameterAsInt(parameters, self.OBJECT_CLASS, context)
-        result = evaluate(
+        result = evaluate_segmentation(
             prediction,
             reference=reference,
             polygons=polygons,
@@ -202,9 +202,9 @@ class EvaluateSegmentation(MapSegAlgorithm):
             )
 
         if report:
-            from ..core.evaluate_report import write_report
+            from ..core.evaluate.report import write_evaluation_report
 
-            write_report(report, result, prediction, reference or polygons)
+            write_evaluation_report(report, result, prediction, reference or polygons)
 
         # Written only now, so a failure above leaves no table behind.
         fields = QgsFields()

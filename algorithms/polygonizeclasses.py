@@ -18,7 +18,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
-from ..core.polygonize import polygonize_classes
+from ..core.vectorize.polygonize import polygonize_classes
 from .base import MapSegAlgorithm
 
 # Post-processors must outlive processAlgorithm (QGIS holds no Python reference to them):

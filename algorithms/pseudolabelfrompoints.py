@@ -183,9 +183,9 @@ class PseudolabelFromPoints(MapSegAlgorithm):
         return xs, ys, classes, names, no_class, failed
 
     def process(self, parameters, context, feedback):
-        from ..core.labels import palette
-        from ..core.raster import check_destination
-        from ..core.superpixels import pseudo_label
+        from ..core.io.raster import check_destination
+        from ..core.labels.classes import palette
+        from ..core.labels.pseudolabel import pseudo_label
 
         size = self.parameterAsInt(parameters, self.SUPERPIXEL_SIZE, context)
         compactness = self.parameterAsDouble(parameters, self.COMPACTNESS, context)

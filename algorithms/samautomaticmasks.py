@@ -104,8 +104,8 @@ class SamAutomaticMasks(MapSegAlgorithm):
         )
 
     def process(self, parameters, context, feedback):
-        from ..core.sam_auto import automatic_masks
-        from ..core.vector import split_destination
+        from ..core.io.vector import split_destination
+        from ..core.sam.auto import automatic_masks
 
         source = self.raster_source(parameters, self.INPUT, context)
         sam, _ = load_sam(self, parameters, context, feedback, self.CHECKPOINT, self.DEVICE)

@@ -136,8 +136,8 @@ class SegmentRaster(MapSegAlgorithm):
         )
 
     def process(self, parameters, context, feedback):
-        from ..core.infer import Options, segment_raster
-        from ..core.infer_inputs import parse_bands
+        from ..core.infer.inputs import parse_bands
+        from ..core.infer.segment import Options, segment_raster
 
         source = self.raster_source(parameters, self.INPUT, context)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)

@@ -52,7 +52,8 @@ def add_sam_inputs(alg) -> None:
 
 def load_sam(alg, parameters, context, feedback, checkpoint_name, device_name):
     """(sam, config) on the chosen device, with a log line naming the encoder found."""
-    from ..core.sam import describe, load_sam, resolve_device
+    from ..core.model.device import resolve_device
+    from ..core.sam.checkpoint import describe, load_sam
 
     device = resolve_device(DEVICES[alg.parameterAsEnum(parameters, device_name, context)])
     path = alg.parameterAsFile(parameters, checkpoint_name, context)
@@ -162,7 +163,7 @@ class SegmentWithSam(MapSegAlgorithm):
         """Prompts in the raster's CRS: one per point feature or group, one box per polygon."""
         from osgeo import ogr
 
-        from ..core.sam_prompts import Prompt
+        from ..core.sam.prompts import Prompt
 
         source = self.parameterAsSource(parameters, self.PROMPTS, context)
         if source is None:
@@ -222,8 +223,8 @@ class SegmentWithSam(MapSegAlgorithm):
         return prompts, class_type, bool(names[self.GROUP_FIELD])
 
     def process(self, parameters, context, feedback):
-        from ..core.sam_prompts import segment_with_prompts
-        from ..core.vector import split_destination
+        from ..core.io.vector import split_destination
+        from ..core.sam.prompts import segment_with_prompts
 
         source = self.raster_source(parameters, self.INPUT, context)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)

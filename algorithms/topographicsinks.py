@@ -92,7 +92,7 @@ class TopographicSinks(MapSegAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.VOLUME, self.tr("Total sink volume")))
 
     def process(self, parameters, context, feedback):
-        from ..core.terrain import topographic_sinks
+        from ..core.terrain.sinks import topographic_sinks
 
         src = self.raster_source(parameters, self.INPUT, context)
         max_depth = None

@@ -234,9 +234,9 @@ class TrainModel(MapSegAlgorithm):
         return paths
 
     def process(self, parameters, context, feedback) -> dict:
-        from ..core.report import write_report
-        from ..core.train import FitConfig
-        from ..core.train_job import TrainJob, train_model
+        from ..core.train.job import TrainJob, train_model
+        from ..core.train.loop import FitConfig
+        from ..core.train.report import write_training_report
 
         polygons, layer_name = "", ""
         if parameters.get(self.LABEL_POLYGONS):
@@ -302,7 +302,7 @@ class TrainModel(MapSegAlgorithm):
         }
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         if report:
-            results[self.OUTPUT_REPORT] = write_report(report, meta)
+            results[self.OUTPUT_REPORT] = write_training_report(report, meta)
         if meta["training"]["stopped_early"]:
             feedback.pushInfo(
                 "Training was stopped early; the model file holds the best model found before "

@@ -67,7 +67,7 @@ def run_raw(src: str, dest: str) -> int:
 
 
 def run_ours(src: str, dest: str, **kwargs) -> int:
-    from mapseg.core.polygonize import polygonize_classes
+    from mapseg.core.vectorize.polygonize import polygonize_classes
 
     return polygonize_classes(src, dest, **kwargs).features
 

@@ -21,7 +21,7 @@ from osgeo import gdal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "pkg"))
 
-from mapseg.core.superpixels import pseudo_label  # noqa: E402
+from mapseg.core.labels.pseudolabel import pseudo_label  # noqa: E402
 
 gdal.UseExceptions()
 

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "pkg"))
 
 from osgeo import gdal  # noqa: E402
 
-from mapseg.core.infer import Options, segment_raster  # noqa: E402
-from mapseg.core.modelfile import build_model, load_model, new_meta, save_model  # noqa: E402
-from mapseg.core.normalize import normalise  # noqa: E402
-from mapseg.core.tiling import TileGrid, read_padded  # noqa: E402
+from mapseg.core.infer.segment import Options, segment_raster  # noqa: E402
+from mapseg.core.io.normalize import normalise  # noqa: E402
+from mapseg.core.io.tiling import TileGrid, read_padded  # noqa: E402
+from mapseg.core.model.modelfile import build_model, load_model, new_meta, save_model  # noqa: E402
 from mapseg.nets import build_network  # noqa: E402
 
 TILE, OVERLAP, BATCH, CLASSES = 256, 32, 4, 4

@@ -42,7 +42,7 @@ def peak_rss_mb() -> float:
 def make_model(folder: str, tile: int) -> str:
     import torch
 
-    from mapseg.core.modelfile import new_meta, save_model
+    from mapseg.core.model.modelfile import new_meta, save_model
     from mapseg.nets import build_network
 
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def make_mosaic(folder: str, piece: str, size: int) -> str:
 def child(args) -> None:
     import torch
 
-    from mapseg.core.infer import Options, segment_raster
+    from mapseg.core.infer.segment import Options, segment_raster
 
     torch.set_num_threads(args.threads)
     opts = Options(tile_size=args.tile, overlap=args.tile // 8, device="cpu")

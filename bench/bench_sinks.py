@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "build" / "pkg"))
 SHARED = ROOT.parent / "shared" / "data" / "dem"
 
-from mapseg.core.terrain import topographic_sinks  # noqa: E402
+from mapseg.core.terrain.sinks import topographic_sinks  # noqa: E402
 
 gdal.UseExceptions()
 

@@ -25,8 +25,8 @@ from osgeo import gdal, osr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "pkg"))
 
 from mapseg.core.progress import Reporter  # noqa: E402
-from mapseg.core.train import FitConfig  # noqa: E402
-from mapseg.core.train_job import TrainJob, train_model  # noqa: E402
+from mapseg.core.train.job import TrainJob, train_model  # noqa: E402
+from mapseg.core.train.loop import FitConfig  # noqa: E402
 from mapseg.nets import build_network  # noqa: E402
 
 

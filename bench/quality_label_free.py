@@ -23,11 +23,11 @@ from osgeo import gdal
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "build", "pkg"))
 
-from mapseg.core.clustering import agreement, filter_bank  # noqa: E402
-from mapseg.core.modelfile import build_model, load_model  # noqa: E402
-from mapseg.core.normalize import band_stats, normalise, valid_stack_mask  # noqa: E402
+from mapseg.core.io.normalize import band_stats, normalise, valid_stack_mask  # noqa: E402
+from mapseg.core.model.clustering import agreement, filter_bank  # noqa: E402
+from mapseg.core.model.modelfile import build_model, load_model  # noqa: E402
 from mapseg.core.progress import Reporter  # noqa: E402
-from mapseg.core.selfsup import SelfSupConfig, embed, segment, train_label_free  # noqa: E402
+from mapseg.core.train.labelfree import SelfSupConfig, embed, segment, train_label_free  # noqa: E402
 
 SHARED = os.path.join(HERE, "..", "..", "shared", "data")
 DEFAULT_MODEL = os.path.join(HERE, "..", "weights", "mapseg_default.pt")

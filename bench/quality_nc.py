@@ -24,12 +24,12 @@ from osgeo import gdal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "pkg"))
 
-from mapseg.core.metrics import ConfusionMatrix  # noqa: E402
-from mapseg.core.modelfile import build_model, load_model  # noqa: E402
-from mapseg.core.normalize import normalise  # noqa: E402
+from mapseg.core.evaluate.metrics import ConfusionMatrix  # noqa: E402
+from mapseg.core.io.normalize import normalise  # noqa: E402
+from mapseg.core.model.modelfile import build_model, load_model  # noqa: E402
 from mapseg.core.progress import Reporter  # noqa: E402
-from mapseg.core.train import FitConfig  # noqa: E402
-from mapseg.core.train_job import TrainJob, train_model  # noqa: E402
+from mapseg.core.train.job import TrainJob, train_model  # noqa: E402
+from mapseg.core.train.loop import FitConfig  # noqa: E402
 
 gdal.UseExceptions()
 BANDS = ["10", "20", "30", "40", "50", "70"]

@@ -32,12 +32,12 @@ from osgeo import gdal, ogr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_nc as nc  # noqa: E402  (also puts build/pkg on sys.path)
 
-from mapseg.core.normalize import read_stack, valid_stack_mask  # noqa: E402
+from mapseg.core.io.normalize import read_stack, valid_stack_mask  # noqa: E402
+from mapseg.core.io.raster import open_raster  # noqa: E402
+from mapseg.core.labels.pseudolabel import pseudo_label  # noqa: E402
 from mapseg.core.progress import Reporter  # noqa: E402
-from mapseg.core.raster import open_raster  # noqa: E402
-from mapseg.core.superpixels import pseudo_label  # noqa: E402
-from mapseg.core.train import FitConfig  # noqa: E402
-from mapseg.core.train_job import TrainJob, train_model  # noqa: E402
+from mapseg.core.train.job import TrainJob, train_model  # noqa: E402
+from mapseg.core.train.loop import FitConfig  # noqa: E402
 
 
 def west_points(shp: Path, west_img: str, field: str = "id"):

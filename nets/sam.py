@@ -22,7 +22,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from ..core.errors import MapSegError
-from ..core.sam import build_sam, load_sam
+from ..core.sam.checkpoint import build_sam, load_sam
 
 
 class SamSegmenter(nn.Module):

@@ -37,7 +37,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
 fi
 
-# 3. `import mapseg` from the venv (tests, `python -m mapseg.core.model_info`).
+# 3. `import mapseg` from the venv (tests, `python -m mapseg.core.model.info`).
 mkdir -p build/pkg
 ln -sfn "$ROOT" build/pkg/mapseg
 SITE=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "build", "pkg"))
 
 from mapseg.core.progress import Reporter  # noqa: E402
-from mapseg.core.selfsup import SelfSupConfig, train_label_free  # noqa: E402
+from mapseg.core.train.labelfree import SelfSupConfig, train_label_free  # noqa: E402
 
 SHARED = os.path.join(ROOT, "..", "shared", "data")
 # (file pattern, where, source and licence) -- shared/data/README.md lists the sources.

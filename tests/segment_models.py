@@ -21,7 +21,7 @@ def utm_wkt(epsg: int = 32633) -> str:
 
 
 def save(path, net, bands=3, classes=None, tile=64, pixel_size=10.0, **extra) -> str:
-    from mapseg.core.modelfile import new_meta, save_model
+    from mapseg.core.model.modelfile import new_meta, save_model
 
     classes = classes or CLASSES
     meta = new_meta(
@@ -101,7 +101,7 @@ def unsupervised_model(path, bands=3, dim=8, seed=0, tile=64, **extra) -> str:
     """A tiny untrained label-free unet: ``dim`` embedding channels, per-input normalisation."""
     import torch
 
-    from mapseg.core.modelfile import new_meta, save_model
+    from mapseg.core.model.modelfile import new_meta, save_model
     from mapseg.nets import build_network
 
     torch.manual_seed(seed)

@@ -31,7 +31,7 @@ def test_default_model_loads_as_a_three_band_label_free_model():
     pytest.importorskip("torch")
     import torch
 
-    from mapseg.core.modelfile import build_model, load_model
+    from mapseg.core.model.modelfile import build_model, load_model
 
     meta, state = load_model(str(MODEL))  # weights_only=True inside
     assert meta["mode"] == "unsupervised" and meta["classes"] == []
@@ -47,10 +47,10 @@ def test_default_model_segments_nc_landsat_better_than_raw_colour(tmp_path):
     pytest.importorskip("torch")
     from osgeo import gdal
 
-    from mapseg.core.clustering import agreement
-    from mapseg.core.modelfile import build_model, load_model
-    from mapseg.core.normalize import band_stats, normalise, valid_stack_mask
-    from mapseg.core.selfsup import embed, segment
+    from mapseg.core.io.normalize import band_stats, normalise, valid_stack_mask
+    from mapseg.core.model.clustering import agreement
+    from mapseg.core.model.modelfile import build_model, load_model
+    from mapseg.core.train.labelfree import embed, segment
 
     files = [str(sample_file(f"lsat7_2000_{b}.tif")) for b in (10, 20, 30)]
     strata = gdal.Open(str(sample_file("strata.tif"))).ReadAsArray()

@@ -17,7 +17,7 @@ from sklearn.metrics import (
 )
 
 from mapseg.core.errors import CanceledError, MapSegError
-from mapseg.core.evaluate import evaluate, parse_ignore
+from mapseg.core.evaluate.evaluation import evaluate_segmentation, parse_ignore
 from mapseg.core.progress import Reporter
 
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
@@ -62,7 +62,7 @@ def test_scores_equal_sklearn_over_many_blocks_with_nodata_and_ignore(tmp_path):
     p = write_raster(tmp_path / "p.tif", pred, nodata=-1)
     r = write_raster(tmp_path / "r.tif", ref, nodata=99)
     progress = []
-    result = evaluate(
+    result = evaluate_segmentation(
         p, r, ignore=parse_ignore("5, 0"), reporter=Reporter(progress.append), block=(7, 5)
     )
     keep = (pred != -1) & (ref != 99) & (pred != 5) & (ref != 5) & (pred != 0) & (ref != 0)
@@ -71,7 +71,7 @@ def test_scores_equal_sklearn_over_many_blocks_with_nodata_and_ignore(tmp_path):
     assert len(progress) >= 64 and progress == sorted(progress) and progress[-1] == 100.0
     assert result.objects is None  # six classes: no object scores
     # Block size never changes a number.
-    whole = evaluate(p, r, ignore=[0, 5], block=(53, 37))
+    whole = evaluate_segmentation(p, r, ignore=[0, 5], block=(53, 37))
     assert whole.scores == result.scores
 
 
@@ -80,7 +80,7 @@ def test_category_names_and_float_class_rasters(tmp_path):
     names = ["", "water", "forest", "field", "town", "bare", "cloud"]
     p = write_raster(tmp_path / "p.tif", pred.astype(np.float32), category_names=names)
     r = write_raster(tmp_path / "r.tif", ref.astype(np.uint8))
-    result = evaluate(p, r, block=(16, 16))
+    result = evaluate_segmentation(p, r, block=(16, 16))
     assert [c["name"] for c in result.scores["per_class"]] == names[1:]
     assert_like_sklearn(result, ref.ravel(), pred.ravel())
 
@@ -118,7 +118,7 @@ def draw(boxes, value=1, shape=(40, 40)):
 def test_object_f1_split_merge_missed_and_false_alarm(tmp_path, block):
     p = write_raster(tmp_path / "p.tif", draw(OBJECTS_PRED))
     r = write_raster(tmp_path / "r.tif", draw(OBJECTS_REF))
-    result = evaluate(p, r, block=block)
+    result = evaluate_segmentation(p, r, block=block)
     obj = result.objects
     # Pred: A, B1, B2, C, E, F, G = 7; ref: A, B, C1, C2, D, F, G = 7; TP = A, B, F, G.
     assert (obj["predicted_objects"], obj["reference_objects"]) == (7, 7)
@@ -126,7 +126,7 @@ def test_object_f1_split_merge_missed_and_false_alarm(tmp_path, block):
     assert obj["f1"] == pytest.approx(8 / 14)
     assert obj["class"] == 1 and "Two classes [0, 1]" in result.notes[0]
     # A lower threshold lets the merged object match one of its two references.
-    low = evaluate(p, r, block=block, object_iou=0.45).objects
+    low = evaluate_segmentation(p, r, block=block, object_iou=0.45).objects
     assert (low["tp"], low["fp"], low["fn"]) == (5, 2, 2)
     assert low["f1"] == pytest.approx(10 / 14)
 
@@ -138,8 +138,8 @@ def test_object_class_chosen_for_a_multiclass_map(tmp_path):
     ref[0, :] = 7
     p = write_raster(tmp_path / "p.tif", pred)
     r = write_raster(tmp_path / "r.tif", ref)
-    assert evaluate(p, r).objects is None
-    obj = evaluate(p, r, object_class=3, block=(9, 9)).objects
+    assert evaluate_segmentation(p, r).objects is None
+    obj = evaluate_segmentation(p, r, object_class=3, block=(9, 9)).objects
     assert (obj["tp"], obj["fp"], obj["fn"], obj["class"]) == (4, 3, 3, 3)
 
 
@@ -148,7 +148,7 @@ def test_diagonal_neighbours_are_separate_objects(tmp_path):
     arr[1, 1] = arr[2, 2] = 1  # touch at a corner only: two 4-connected objects
     p = write_raster(tmp_path / "p.tif", arr)
     r = write_raster(tmp_path / "r.tif", arr)
-    obj = evaluate(p, r).objects
+    obj = evaluate_segmentation(p, r).objects
     assert (obj["tp"], obj["predicted_objects"], obj["f1"]) == (2, 2, 1.0)
 
 
@@ -194,7 +194,7 @@ def test_reference_polygons_in_another_crs(tmp_path):
     ref[:, :10] = 1
     ref[:10, 10:] = 2
     keep = ref > 0
-    result = evaluate(p, polygons=poly, class_field="cls", block=(6, 6))
+    result = evaluate_segmentation(p, polygons=poly, class_field="cls", block=(6, 6))
     assert_like_sklearn(result, ref[keep], pred[keep])
     assert result.scores["pixels"] == 300
 
@@ -206,12 +206,12 @@ def test_differing_grids_are_aligned(tmp_path):
     fine = np.repeat(np.repeat(ref, 2, axis=0), 2, axis=1)
     r = write_raster(tmp_path / "r.tif", fine, geotransform=(GT[0], 5.0, 0, GT[3], 0, -5.0))
     log = []
-    result = evaluate(p, r, reporter=Reporter(log=log.append), block=(8, 8))
+    result = evaluate_segmentation(p, r, reporter=Reporter(log=log.append), block=(8, 8))
     assert_like_sklearn(result, ref.ravel(), pred.ravel())
     assert any("nearest neighbour" in m for m in log)
     # A reference covering only the left half: the rest is not evaluated.
     half = write_raster(tmp_path / "h.tif", ref[:, :20].copy())
-    result = evaluate(p, half, block=(8, 8))
+    result = evaluate_segmentation(p, half, block=(8, 8))
     assert_like_sklearn(result, ref[:, :20].ravel(), pred[:, :20].ravel())
 
 
@@ -236,10 +236,10 @@ def test_bad_inputs_say_what_to_do(tmp_path):
     ]
     for kwargs, message in cases:
         with pytest.raises(MapSegError, match=message.replace("(", r"\(").replace(")", r"\)")):
-            evaluate(p, **kwargs)
+            evaluate_segmentation(p, **kwargs)
     probs = write_raster(tmp_path / "probs.tif", np.full((10, 10), 0.25, dtype=np.float32))
     with pytest.raises(MapSegError, match="not whole class values"):
-        evaluate(probs, r)
+        evaluate_segmentation(probs, r)
     with pytest.raises(MapSegError, match="IGNORE_VALUES"):
         parse_ignore("0, x")
     assert parse_ignore(" 0;255 3 ") == [0, 3, 255]
@@ -252,6 +252,6 @@ def test_cancel_stops_between_blocks(tmp_path):
     calls = []
     reporter = Reporter(calls.append, is_canceled=lambda: len(calls) >= 3)
     with pytest.raises(CanceledError):
-        evaluate(p, r, reporter=reporter, block=(5, 5))
+        evaluate_segmentation(p, r, reporter=reporter, block=(5, 5))
     assert len(calls) == 3
     assert gdal.Open(p) is not None  # inputs untouched

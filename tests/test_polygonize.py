@@ -11,8 +11,8 @@ from osgeo import ogr
 from scipy import ndimage
 
 from mapseg.core.errors import CanceledError, MapSegError
-from mapseg.core.polygonize import parse_ignore_values, polygonize_classes
 from mapseg.core.progress import Reporter
+from mapseg.core.vectorize.polygonize import parse_ignore_values, polygonize_classes
 
 COLORS = {1: (200, 0, 0), 2: (0, 150, 0), 3: (0, 0, 255)}
 NAMES = ["", "urban", "forest", "water"]

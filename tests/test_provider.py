@@ -59,7 +59,7 @@ def test_core_never_imports_qgis():
     for path in (ROOT / "core").rglob("*.py"):
         text = path.read_text()
         assert "import qgis" not in text and "from qgis" not in text, path
-    importlib.import_module("mapseg.core.raster")
+    importlib.import_module("mapseg.core.io.raster")
 
 
 def test_qgis_process_lists_the_provider():

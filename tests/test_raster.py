@@ -7,8 +7,8 @@ import pytest
 from conftest import read_raster, write_raster
 from osgeo import gdal
 
-from mapseg.core import raster
 from mapseg.core.errors import MapSegError
+from mapseg.core.io import raster
 
 
 @pytest.mark.parametrize("width,height,bw,bh", [(100, 37, 32, 16), (5, 5, 8, 8), (64, 64, 64, 1)])

@@ -10,11 +10,11 @@ from osgeo import ogr
 
 from mapseg.core.errors import MapSegError
 from mapseg.core.progress import Reporter
-from mapseg.core.sam import config_from_state_dict, load_sam, read_checkpoint
-from mapseg.core.sam_finetune import balanced_weights, object_fractions
-from mapseg.core.sam_image import ImageSource, make_grid, mask_to_geometry
-from mapseg.core.sam_prompts import Prompt, plan_windows, prompt_extent, segment_with_prompts
-from mapseg.core.sam_windows import Merger, part_from_window, tile
+from mapseg.core.sam.checkpoint import config_from_state_dict, load_sam, read_checkpoint
+from mapseg.core.sam.finetune import balanced_weights, object_fractions
+from mapseg.core.sam.image import ImageSource, make_grid, mask_to_geometry
+from mapseg.core.sam.prompts import Prompt, plan_windows, prompt_extent, segment_with_prompts
+from mapseg.core.sam.windows import Merger, part_from_window, tile
 
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
@@ -121,7 +121,7 @@ def test_plan_windows_reads_a_big_box_coarser_and_small_rasters_whole():
 
 
 def test_prompt_extent_drops_outside_points_and_clips_boxes(tmp_path):
-    from mapseg.core.raster import open_raster
+    from mapseg.core.io.raster import open_raster
 
     path = write_raster(tmp_path / "r.tif", np.zeros((3, 50, 80), np.uint8))
     grid = make_grid(open_raster(path))
@@ -140,7 +140,7 @@ def test_prompt_extent_drops_outside_points_and_clips_boxes(tmp_path):
 
 
 def test_16bit_bands_are_stretched_by_percentiles_without_nodata(tmp_path):
-    from mapseg.core.raster import open_raster
+    from mapseg.core.io.raster import open_raster
 
     rng = np.random.default_rng(0)
     data = rng.integers(1000, 3000, (4, 60, 70)).astype(np.uint16)
@@ -160,7 +160,7 @@ def test_16bit_bands_are_stretched_by_percentiles_without_nodata(tmp_path):
 
 
 def test_processing_pixel_size_averages_onto_a_coarser_grid(tmp_path):
-    from mapseg.core.raster import open_raster
+    from mapseg.core.io.raster import open_raster
 
     data = np.zeros((3, 40, 60), np.uint8)
     data[:, :, 30:] = 200
@@ -328,7 +328,7 @@ def test_sam_net_trains_only_the_decoder_and_rebuilds_without_checkpoint(
 ):
     import shutil
 
-    from mapseg.core.modelfile import build_model, load_model, new_meta, save_model
+    from mapseg.core.model.modelfile import build_model, load_model, new_meta, save_model
     from mapseg.nets import build_network
 
     ckpt = tmp_path / "copy.pth"

@@ -10,8 +10,8 @@ from conftest import CancelAfter, qgis_process_json, run_alg, save_dialog_screen
 from osgeo import ogr, osr
 
 from mapseg.core.progress import Reporter
-from mapseg.core.sam import load_sam
-from mapseg.core.sam_auto import automatic_masks
+from mapseg.core.sam.auto import automatic_masks
+from mapseg.core.sam.checkpoint import load_sam
 
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 FIELDS = ["mask_id", "pred_iou", "stability", "area", "windows"]

@@ -178,7 +178,7 @@ def test_qgis_process_reports_band_mismatch(tmp_path, models):
 def test_cuda_out_of_memory_halves_the_batch(tmp_path, models):
     import torch
 
-    from mapseg.core.infer import Options, segment_raster
+    from mapseg.core.infer.segment import Options, segment_raster
     from mapseg.core.progress import Reporter
 
     img = np.random.default_rng(4).integers(0, 255, (3, 1344, 1344), dtype=np.uint8)

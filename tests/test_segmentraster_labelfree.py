@@ -10,7 +10,7 @@ from conftest import qgis_process, qgis_process_json, read_raster, run_alg, writ
 from osgeo import gdal
 from segment_models import regions, unsupervised_model
 
-from mapseg.core.clustering import agreement
+from mapseg.core.model.clustering import agreement
 
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 

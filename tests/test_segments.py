@@ -11,13 +11,13 @@ from conftest import read_raster, write_raster
 from osgeo import gdal
 from segment_models import random_model, regions, unsupervised_model
 
-from mapseg.core import infer_inputs
-from mapseg.core.clustering import agreement
 from mapseg.core.errors import MapSegError
-from mapseg.core.infer import Options, segment_raster
+from mapseg.core.infer import inputs as infer_inputs
+from mapseg.core.infer.segment import Options, segment_raster
+from mapseg.core.infer.segments import segment_palette
+from mapseg.core.io.raster import read_classes
+from mapseg.core.model.clustering import agreement
 from mapseg.core.progress import Reporter
-from mapseg.core.raster import read_classes
-from mapseg.core.segments_infer import segment_palette
 
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 ROWS, COLS = 96, 144

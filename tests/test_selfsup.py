@@ -8,14 +8,14 @@ from conftest import write_raster
 
 torch = pytest.importorskip("torch")
 
-from mapseg.core.clustering import agreement  # noqa: E402
 from mapseg.core.errors import MapSegError  # noqa: E402
-from mapseg.core.modelfile import build_model, load_model  # noqa: E402
-from mapseg.core.normalize import normalise  # noqa: E402
+from mapseg.core.io.normalize import normalise  # noqa: E402
+from mapseg.core.model.clustering import agreement  # noqa: E402
+from mapseg.core.model.modelfile import build_model, load_model  # noqa: E402
 from mapseg.core.progress import Reporter  # noqa: E402
-from mapseg.core.selfsup import SelfSupConfig, embed, segment, train_label_free  # noqa: E402
-from mapseg.core.train import FitConfig  # noqa: E402
-from mapseg.core.train_job import TrainJob, train_model  # noqa: E402
+from mapseg.core.train.job import TrainJob, train_model  # noqa: E402
+from mapseg.core.train.labelfree import SelfSupConfig, embed, segment, train_label_free  # noqa: E402
+from mapseg.core.train.loop import FitConfig  # noqa: E402
 
 SMALL = {"base_width": 4}
 

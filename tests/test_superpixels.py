@@ -9,8 +9,8 @@ import pytest
 from conftest import sample_file, write_raster
 from osgeo import gdal, ogr
 
-from mapseg.core import superpixels as spx
 from mapseg.core.errors import MapSegError
+from mapseg.core.labels import pseudolabel as spx
 
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 

@@ -13,9 +13,9 @@ from osgeo import gdal, ogr
 from scipy import ndimage
 
 from mapseg.core.errors import CanceledError, MapSegError
+from mapseg.core.io.raster import open_raster, raster_info
 from mapseg.core.progress import Reporter
-from mapseg.core.raster import open_raster, raster_info
-from mapseg.core.terrain import pixel_areas, topographic_sinks
+from mapseg.core.terrain.sinks import pixel_areas, topographic_sinks
 
 pytest.importorskip("whitebox_workflows")
 

@@ -11,9 +11,8 @@ from osgeo import gdal
 from segment_models import random_model
 
 from mapseg.core.errors import MapSegError
-from mapseg.core.infer import Options, output_type, segment_raster
-from mapseg.core.progress import Reporter
-from mapseg.core.tiling import (
+from mapseg.core.infer.segment import Options, output_type, segment_raster
+from mapseg.core.io.tiling import (
     WEIGHT_FLOOR,
     BlendAccumulator,
     TileGrid,
@@ -21,6 +20,7 @@ from mapseg.core.tiling import (
     blend_window,
     extent_window,
 )
+from mapseg.core.progress import Reporter
 
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
@@ -198,7 +198,7 @@ def test_sub_extent_and_batch_size_give_the_full_run_result(tmp_path, model):
 def test_tile_larger_than_raster_is_reflect_padded_and_cropped(tmp_path, model):
     import torch
 
-    from mapseg.core.modelfile import build_model, load_model
+    from mapseg.core.model.modelfile import build_model, load_model
 
     img = image(23, 41)
     src = write_raster(tmp_path / "small.tif", img)

@@ -12,15 +12,15 @@ import torch
 from conftest import write_raster
 from osgeo import gdal, ogr, osr
 
-from mapseg.core import labels as lab
-from mapseg.core.dataset import Tile, TileReader, scan_tiles, spatial_split
 from mapseg.core.errors import CanceledError, MapSegError
-from mapseg.core.metrics import ConfusionMatrix
-from mapseg.core.modelfile import build_model, load_model
-from mapseg.core.normalize import normalise
+from mapseg.core.evaluate.metrics import ConfusionMatrix
+from mapseg.core.io.normalize import normalise
+from mapseg.core.labels import classes as lab
+from mapseg.core.model.modelfile import build_model, load_model
 from mapseg.core.progress import Reporter
-from mapseg.core.train import FitConfig, class_weights
-from mapseg.core.train_job import TrainJob, train_model
+from mapseg.core.train.dataset import Tile, TileReader, scan_tiles, spatial_split
+from mapseg.core.train.job import TrainJob, train_model
+from mapseg.core.train.loop import FitConfig, class_weights
 
 LEVELS = np.array([300, 1500, 2700])  # band-1 value of classes 1, 2, 3 (uint16 imagery)
 
@@ -115,7 +115,7 @@ def test_modelfile_roundtrip_and_model_info(trained):
     net = build_model(m2, state)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
     out = subprocess.run(
-        [sys.executable, "-m", "mapseg.core.model_info", path],
+        [sys.executable, "-m", "mapseg.core.model.info", path],
         capture_output=True,
         text=True,
         check=True,
@@ -372,7 +372,7 @@ def test_tile_reader_pads_small_rasters(tmp_path):
 
 
 def test_model_info_of_missing_file_fails_cleanly(tmp_path, capsys):
-    from mapseg.core.model_info import main
+    from mapseg.core.model.info import main
 
     assert main([str(tmp_path / "none.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from conftest import (
 from osgeo import ogr, osr
 from test_train_core import scene
 
-from mapseg.core.modelfile import load_model
+from mapseg.core.model.modelfile import load_model
 
 FAST = {
     "ARCHITECTURE": 0,

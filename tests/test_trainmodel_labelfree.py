@@ -21,7 +21,7 @@ def tiny_scene(tmp_path, seed: int = 0) -> str:
 
 
 def test_trainmodel_without_labels_writes_a_label_free_model_and_report(provider, tmp_path):
-    from mapseg.core.modelfile import load_model
+    from mapseg.core.model.modelfile import load_model
 
     src = tiny_scene(tmp_path)
     out, report = str(tmp_path / "lf.pt"), str(tmp_path / "lf.html")
@@ -52,7 +52,7 @@ def test_trainmodel_without_labels_writes_a_label_free_model_and_report(provider
 
 
 def test_trainmodel_without_labels_runs_through_qgis_process(tmp_path):
-    from mapseg.core.modelfile import load_model
+    from mapseg.core.model.modelfile import load_model
 
     src = tiny_scene(tmp_path, seed=1)
     out = str(tmp_path / "cli.pt")

@@ -12,12 +12,12 @@ import torch
 from conftest import qgis_process_json, read_raster, run_alg, write_raster
 from osgeo import gdal
 
-from mapseg.core.dataset import TileReader, TileSet, scan_tiles
-from mapseg.core.labels import label_raster
-from mapseg.core.modelfile import load_model
-from mapseg.core.normalize import band_stats
+from mapseg.core.io.normalize import band_stats
+from mapseg.core.labels.classes import label_raster
+from mapseg.core.model.modelfile import load_model
 from mapseg.core.progress import Reporter
-from mapseg.core.train import FitConfig, fit
+from mapseg.core.train.dataset import TileReader, TileSet, scan_tiles
+from mapseg.core.train.loop import FitConfig, fit
 
 TILE = 32
 # Bright squares (the object) in two of the nine 32 px tiles of a 96 x 96 scene.

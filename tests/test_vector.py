@@ -9,7 +9,7 @@ import pytest
 from osgeo import ogr, osr
 
 from mapseg.core.errors import MapSegError
-from mapseg.core.vector import VectorWriter, measure, split_destination
+from mapseg.core.io.vector import VectorWriter, measure, split_destination
 
 FIELDS = [("class", ogr.OFTInteger), ("name", ogr.OFTString), ("area", ogr.OFTReal)]
 

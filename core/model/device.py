@@ -1,0 +1,41 @@
+"""One device resolver for training, inference and SAM: auto, cpu, cuda or cuda:N."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import MapSegError
+
+#: The choices offered by every algorithm's DEVICE parameter (enum values by name).
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+def resolve_device(name: str | None) -> str:
+    """'auto' -> 'cuda' when PyTorch sees a GPU, else 'cpu'; 'cuda' and 'cuda:N' are checked."""
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise MapSegError(f"Unknown device '{name}'. Choose auto, cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        raise MapSegError(
+            f"DEVICE is {name} but PyTorch {torch.__version__} sees no CUDA GPU (built for CUDA "
+            f"{torch.version.cuda or 'none'}). Choose auto or cpu, or install a CUDA build of "
+            "PyTorch and an NVIDIA driver."
+        )
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise MapSegError(
+            f"DEVICE is {name} but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s), "
+            f"numbered from 0. Choose cuda:0 to cuda:{torch.cuda.device_count() - 1}."
+        )
+    return name
+
+
+def is_cuda(device: str) -> bool:
+    return str(device).startswith("cuda")

@@ -1,0 +1,156 @@
+"""SAM Automatic Masks: SamAutomaticMaskGenerator over a raster of any size.
+
+The raster is cut into overlapping windows of SAM's input size on the processing grid, row by
+row; each window gets a grid of point prompts. Masks cut by a window border are joined to their
+other part and duplicates seen by two windows are dropped (``core.sam.windows``); a mask is
+written as soon as no later window can reach it. Memory follows one window plus the masks of the
+current row of windows, never the raster.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Sequence
+
+from osgeo import ogr
+
+from ..errors import MapSegError
+from ..io.raster import check_destination, open_raster
+from ..io.vector import VectorWriter
+from ..progress import Reporter
+from .image import ImageSource, make_grid, mask_to_geometry, sam_bands
+from .windows import Merger, Part, part_from_window, tile
+
+FIELDS = [
+    ("mask_id", ogr.OFTInteger),
+    ("pred_iou", ogr.OFTReal),
+    ("stability", ogr.OFTReal),
+    ("area", ogr.OFTReal),
+    ("windows", ogr.OFTInteger),
+]
+
+
+def _generator(sam, on_batch, **options):
+    """SAM's generator with a hook per batch of points: progress and cancel inside a window."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    class Generator(SamAutomaticMaskGenerator):
+        def _process_batch(self, points, *args, **kwargs):
+            on_batch()
+            return super()._process_batch(points, *args, **kwargs)
+
+    return Generator(sam, output_mode="binary_mask", **options)
+
+
+def automatic_masks(
+    raster: str,
+    sam,
+    output: str,
+    bands: Sequence[int] | None = None,
+    pixel_size: float | None = None,
+    points_per_side: int = 32,
+    pred_iou_thresh: float = 0.88,
+    stability_thresh: float = 0.95,
+    min_area: float = 0.0,
+    overlap: int | None = None,
+    points_per_batch: int = 64,
+    merge_iou: float = 0.5,
+    layer_name: str | None = None,
+    reporter: Reporter | None = None,
+) -> Dict[str, Any]:
+    """Write every mask SAM finds as a polygon; returns counts (windows, masks, merged, ...)."""
+    reporter = reporter or Reporter()
+    if points_per_side < 1:
+        raise MapSegError("POINTS_PER_SIDE must be at least 1.")
+    check_destination(output, [raster])
+    ds = open_raster(raster)
+    bands = sam_bands(ds, bands)
+    grid = make_grid(ds, pixel_size)
+    size = int(sam.image_encoder.img_size)
+    overlap = size // 4 if overlap is None else int(overlap)
+    if not 0 <= overlap < size:
+        raise MapSegError(f"OVERLAP must be between 0 and {size - 1} pixels (SAM's input size).")
+    rows = tile(grid.width, grid.height, size, overlap)
+    total = sum(len(r) for r in rows)
+    reporter.info(
+        f"{total} window(s) of up to {size} x {size} pixels over {grid.width} x {grid.height} "
+        f"processing pixels, overlapping by {overlap}."
+    )
+    source = ImageSource(ds, bands, grid)
+    batches = math.ceil(points_per_side**2 / max(1, points_per_batch))
+    state = {"step": reporter, "done": 0}
+
+    def on_batch():
+        state["step"].fraction(0.2 + 0.8 * state["done"] / batches)
+        state["done"] += 1
+
+    generator = _generator(
+        sam,
+        on_batch,
+        points_per_side=points_per_side,
+        points_per_batch=points_per_batch,
+        pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_thresh,
+    )
+    merger = Merger(merge_iou)
+    stats = {"windows": total, "masks": 0, "found": 0, "small": 0}
+    info = grid.info
+    with VectorWriter(output, info.projection, ogr.wkbMultiPolygon, FIELDS, layer_name) as out:
+
+        def write(parts):
+            for part in parts:
+                if part.area * grid.pixel_area < min_area:
+                    stats["small"] += 1
+                    continue
+                _write(out, grid, part, stats)
+
+        k = 0
+        for r, row in enumerate(rows):
+            for c, rect in enumerate(row):
+                step = reporter.sub(k / total, (k + 1) / total)
+                state["step"], state["done"] = step, 0
+                step.fraction(0.0)
+                for ann in generator.generate(source.read(rect)):
+                    part = part_from_window(
+                        ann["segmentation"],
+                        rect,
+                        grid.width,
+                        grid.height,
+                        float(ann["predicted_iou"]),
+                        float(ann["stability_score"]),
+                    )
+                    if part is not None:
+                        stats["found"] += 1
+                        merger.add(part)
+                next_x = row[c + 1][0] if c + 1 < len(row) else None
+                next_y = rows[r + 1][0][1] if r + 1 < len(rows) else None
+                write(merger.flush(next_x, next_y))
+                step.fraction(1.0)
+                k += 1
+        write(merger.flush(None, None))
+        out.commit()
+    stats.update(merged=merger.merged, duplicates=merger.duplicates)
+    reporter.info(
+        f"{stats['masks']} mask(s) written from {stats['found']} found: {merger.merged} "
+        f"part(s) joined across window borders, {merger.duplicates} duplicate(s) dropped, "
+        f"{stats['small']} smaller than MIN_AREA."
+    )
+    return stats
+
+
+def _write(out: VectorWriter, grid, part: Part, stats: Dict[str, Any]) -> None:
+    rect = (part.x, part.y, part.mask.shape[1], part.mask.shape[0])
+    geom = mask_to_geometry(part.mask, grid.rect_geotransform(rect))
+    if geom is None:
+        return
+    stats["masks"] += 1
+    out.add(
+        geom,
+        {
+            "mask_id": stats["masks"],
+            "pred_iou": float(part.pred_iou),
+            "stability": float(part.stability),
+            "area": geom.GetArea(),
+            "windows": len(part.windows),
+        },
+    )

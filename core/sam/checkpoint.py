@@ -1,0 +1,226 @@
+"""Segment Anything (SAM) checkpoints: read safely, recognise the encoder, build the model.
+
+Official checkpoints (``sam_vit_b_01ec64.pth``, ``sam_vit_l_0b3195.pth``, ``sam_vit_h_4b8939.pth``)
+are plain state dicts. They are read with ``torch.load(..., weights_only=True)`` (a file that
+carries pickled code is refused) and the architecture is read off the tensors themselves, so
+ViT-B/L/H and any other consistent size (the tiny models the tests build included) load through
+the same function. Nothing here imports qgis; torch and segment_anything are imported lazily.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from typing import Any, Dict, Tuple
+
+from ..errors import MapSegError
+
+# (embed_dim, depth) -> official name and the global-attention blocks Meta's builder uses.
+VARIANTS = {(768, 12): "vit_b", (1024, 24): "vit_l", (1280, 32): "vit_h"}
+ENCODER_PREFIX = "image_encoder."
+REQUIRED_KEYS = (
+    "image_encoder.patch_embed.proj.weight",
+    "image_encoder.pos_embed",
+    "image_encoder.neck.0.weight",
+    "prompt_encoder.mask_downscaling.0.weight",
+    "mask_decoder.mask_tokens.weight",
+    "mask_decoder.iou_token.weight",
+)
+# Not stored in checkpoints (shape-free); every published SAM uses these values.
+DECODER_HEADS = 8
+PIXEL_MEAN = [123.675, 116.28, 103.53]
+PIXEL_STD = [58.395, 57.12, 57.375]
+
+CHECKPOINT_HINT = (
+    "Download an official checkpoint from Meta's segment-anything release (for example "
+    "sam_vit_b_01ec64.pth, about 375 MB) and choose that .pth file."
+)
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """The state dict of a SAM checkpoint file (an official ``.pth`` or one saved like it)."""
+    import torch
+
+    if not path or not os.path.isfile(path):
+        raise MapSegError(f"The SAM checkpoint '{path}' does not exist. {CHECKPOINT_HINT}")
+    if not zipfile.is_zipfile(path):
+        raise MapSegError(
+            f"'{path}' is not a PyTorch checkpoint (not a torch.save archive). {CHECKPOINT_HINT}"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise MapSegError(
+            f"Refusing to load '{path}': it carries pickled Python objects or code, which a SAM "
+            f"checkpoint never does, and loading it could run that code. {CHECKPOINT_HINT}"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise MapSegError(f"Cannot read the SAM checkpoint '{path}': {err}") from None
+    if isinstance(state, dict) and state.get("format") == "mapseg-model":
+        raise MapSegError(
+            f"'{path}' is a MapSeg model file, not a Segment Anything checkpoint. Use it with "
+            f"Segment Raster, or choose a SAM checkpoint. {CHECKPOINT_HINT}"
+        )
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # some fine-tuning scripts wrap the state dict
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MapSegError(
+            f"'{path}' does not hold a Segment Anything state dict (a mapping of tensor names "
+            f"to weights). {CHECKPOINT_HINT}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise MapSegError(
+            f"'{path}' is not a Segment Anything checkpoint: it lacks {', '.join(missing[:3])}. "
+            f"{CHECKPOINT_HINT}"
+        )
+    return state
+
+
+def _count(state: Dict[str, Any], pattern: str) -> int:
+    found = {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
+    return max(found) + 1 if found else 0
+
+
+def config_from_state_dict(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The SAM architecture (JSON-serialisable) that the tensors of ``state`` belong to."""
+    try:
+        proj = state["image_encoder.patch_embed.proj.weight"]
+        embed_dim, in_chans, patch_size = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
+        grid = int(state["image_encoder.pos_embed"].shape[1])
+        depth = _count(state, r"image_encoder\.blocks\.(\d+)\.")
+        out_chans = int(state["image_encoder.neck.0.weight"].shape[0])
+        mlp_hidden = int(state["image_encoder.blocks.0.mlp.lin1.weight"].shape[0])
+        use_rel_pos = "image_encoder.blocks.0.attn.rel_pos_h" in state
+        global_idx, window_size, num_heads = [], 0, None
+        if use_rel_pos:
+            for i in range(depth):
+                rel = state[f"image_encoder.blocks.{i}.attn.rel_pos_h"]
+                num_heads = embed_dim // int(rel.shape[1])
+                side = (int(rel.shape[0]) + 1) // 2  # rel_pos holds 2 * size - 1 rows
+                if side == grid:
+                    global_idx.append(i)
+                else:
+                    window_size = side
+        known = VARIANTS.get((embed_dim, depth))
+        if num_heads is None:  # no relative positions: the heads leave no trace in the shapes
+            num_heads = {"vit_b": 12, "vit_l": 16, "vit_h": 16}.get(known, max(1, embed_dim // 64))
+        if not global_idx and not window_size:
+            global_idx = list(range(depth))
+        tokens = state["mask_decoder.mask_tokens.weight"]
+        decoder_dim = int(tokens.shape[1])
+        down0 = state["prompt_encoder.mask_downscaling.0.weight"]
+        config = {
+            "variant": known or "custom",
+            "img_size": grid * patch_size,
+            "patch_size": patch_size,
+            "in_chans": in_chans,
+            "embed_dim": embed_dim,
+            "depth": depth,
+            "num_heads": int(num_heads),
+            "mlp_ratio": mlp_hidden / embed_dim,
+            "qkv_bias": "image_encoder.blocks.0.attn.qkv.bias" in state,
+            "use_rel_pos": use_rel_pos,
+            "window_size": int(window_size),
+            "global_attn_indexes": global_idx,
+            "out_chans": out_chans,
+            "mask_in_chans": int(down0.shape[0]) * 4,
+            "decoder_dim": decoder_dim,
+            "decoder_depth": _count(state, r"mask_decoder\.transformer\.layers\.(\d+)\."),
+            "decoder_mlp_dim": int(
+                state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]
+            ),
+            "decoder_heads": DECODER_HEADS if decoder_dim % (2 * DECODER_HEADS) == 0 else 1,
+            "num_multimask_outputs": int(tokens.shape[0]) - 1,
+            "iou_head_depth": _count(state, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
+            "iou_head_hidden_dim": int(
+                state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]
+            ),
+        }
+    except (KeyError, IndexError, AttributeError, ZeroDivisionError) as err:
+        raise MapSegError(
+            f"The checkpoint looks like Segment Anything but its tensors are inconsistent "
+            f"({err}). {CHECKPOINT_HINT}"
+        ) from None
+    if depth == 0 or config["decoder_depth"] == 0 or embed_dim % config["num_heads"]:
+        raise MapSegError(f"The SAM checkpoint's encoder is inconsistent. {CHECKPOINT_HINT}")
+    return config
+
+
+def build_sam(config: Dict[str, Any]):
+    """A ``segment_anything`` ``Sam`` with random weights, shaped as ``config`` says."""
+    from functools import partial
+
+    import torch
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    c = config
+    grid = c["img_size"] // c["patch_size"]
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=c["img_size"],
+            patch_size=c["patch_size"],
+            in_chans=c["in_chans"],
+            embed_dim=c["embed_dim"],
+            depth=c["depth"],
+            num_heads=c["num_heads"],
+            mlp_ratio=c["mlp_ratio"],
+            out_chans=c["out_chans"],
+            qkv_bias=c["qkv_bias"],
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=c["use_rel_pos"],
+            window_size=c["window_size"],
+            global_attn_indexes=tuple(c["global_attn_indexes"]),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=c["decoder_dim"],
+            image_embedding_size=(grid, grid),
+            input_image_size=(c["img_size"], c["img_size"]),
+            mask_in_chans=c["mask_in_chans"],
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=c["num_multimask_outputs"],
+            transformer=TwoWayTransformer(
+                depth=c["decoder_depth"],
+                embedding_dim=c["decoder_dim"],
+                mlp_dim=c["decoder_mlp_dim"],
+                num_heads=c["decoder_heads"],
+            ),
+            transformer_dim=c["decoder_dim"],
+            iou_head_depth=c["iou_head_depth"],
+            iou_head_hidden_dim=c["iou_head_hidden_dim"],
+        ),
+        pixel_mean=PIXEL_MEAN,
+        pixel_std=PIXEL_STD,
+    )
+
+
+def load_sam(path: str, device: str = "cpu") -> Tuple[Any, Dict[str, Any]]:
+    """(Sam in eval mode on ``device``, its config) from a checkpoint file."""
+    state = read_checkpoint(path)
+    config = config_from_state_dict(state)
+    sam = build_sam(config)
+    try:
+        sam.load_state_dict(state)
+    except RuntimeError as err:
+        raise MapSegError(
+            f"The weights in '{path}' do not fit the SAM architecture read from them "
+            f"({str(err).splitlines()[0]}). {CHECKPOINT_HINT}"
+        ) from None
+    return sam.to(device).eval(), config
+
+
+def describe(config: Dict[str, Any]) -> str:
+    name = {"vit_b": "ViT-B", "vit_l": "ViT-L", "vit_h": "ViT-H"}.get(config["variant"], "custom")
+    return (
+        f"SAM {name}: encoder width {config['embed_dim']}, {config['depth']} blocks, "
+        f"{config['num_heads']} heads, input {config['img_size']} px"
+    )

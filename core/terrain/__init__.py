@@ -1,0 +1,3 @@
+"""Terrain: topographic sinks from a DEM (depression filling, depth, sink polygons with area and
+volume).
+"""

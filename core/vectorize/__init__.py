@@ -1,0 +1,1 @@
+"""Vectorisation: class rasters to polygons with sieving, dissolving and geodesic measures."""
