@@ -20,6 +20,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 
 from ..core.errors import MapSegError
+from ..core.io.gdal_errors import gdal_exceptions
 from ..core.progress import Reporter
 
 HELP_DIR = Path(__file__).resolve().parent / "help"
@@ -136,7 +137,8 @@ class MapSegAlgorithm(QgsProcessingAlgorithm):
         if not ok:
             raise QgsProcessingException(message)
         try:
-            return self.process(parameters, context, feedback)
+            with gdal_exceptions():  # for MapSeg's calls only, never process-wide
+                return self.process(parameters, context, feedback)
         except MapSegError as err:
             raise QgsProcessingException(str(err)) from None
 

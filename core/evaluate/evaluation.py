@@ -23,6 +23,7 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from ..errors import MapSegError
+from ..io.gdal_errors import engine_call
 from ..io.raster import (
     block_size,
     check_band,
@@ -38,9 +39,6 @@ from ..io.raster import (
 from ..progress import Reporter
 from .metrics import ConfusionMatrix, scores
 from .objects import ObjectCounter, match_objects
-
-gdal.UseExceptions()
-ogr.UseExceptions()
 
 NO_CLASS = -(2**31)  # burnt where no polygon lies: never a class value
 
@@ -295,6 +293,7 @@ def _pass(
     return pixels
 
 
+@engine_call
 def evaluate_segmentation(
     prediction: str,
     reference: str | None = None,

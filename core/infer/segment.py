@@ -23,6 +23,7 @@ import numpy as np
 from osgeo import gdal
 
 from ..errors import MapSegError
+from ..io.gdal_errors import engine_call
 from ..io.normalize import band_stats
 from ..io.raster import (
     OutputRaster,
@@ -101,6 +102,7 @@ def output_type(values: list[int]) -> tuple[int, int]:
     return gdal_type, hi + 1
 
 
+@engine_call
 def segment_raster(
     input_path: str,
     model_path: str | None,

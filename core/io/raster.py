@@ -18,8 +18,6 @@ from osgeo import gdal, osr
 
 from ..errors import MapSegError
 
-gdal.UseExceptions()
-
 Window = Tuple[int, int, int, int]  # xoff, yoff, xsize, ysize (pixels)
 
 # A block of ~4 M cells keeps memory small while amortising GDAL's per-call overhead.

@@ -19,13 +19,10 @@ import tempfile
 from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
-from osgeo import gdal, ogr, osr
+from osgeo import ogr, osr
 
 from ..errors import MapSegError
 from .geodesy import Ellipsoid
-
-gdal.UseExceptions()
-ogr.UseExceptions()
 
 # Extension -> OGR driver. Keep in step with MapSegProvider.supportedOutputVectorLayerExtensions.
 DRIVERS = {

@@ -23,9 +23,6 @@ from ..errors import MapSegError
 from ..io.raster import open_raster, raster_info, read_classes, same_grid, scratch_raster
 from ..progress import Reporter
 
-gdal.UseExceptions()
-ogr.UseExceptions()
-
 # Distinct, colour-blind-friendly first colours (ColorBrewer Paired/Set1), then golden-ratio hues.
 _BASE_PALETTE = [
     "#1f78b4", "#33a02c", "#e31a1c", "#ff7f00", "#6a3d9a", "#b15928",

@@ -25,6 +25,7 @@ import numpy as np
 from osgeo import gdal
 
 from ..errors import MapSegError
+from ..io.gdal_errors import engine_call
 from ..io.normalize import band_stats
 from ..io.raster import OutputRaster, open_raster, raster_info, smallest_int_type
 from ..io.windows import BandWindows
@@ -208,6 +209,7 @@ def label_nodata(classes: Sequence[int]) -> Tuple[int, int]:
     return nodata, smallest_int_type(nodata)
 
 
+@engine_call
 def pseudo_label(
     src: str,
     xs: Sequence[float],

@@ -15,6 +15,7 @@ from typing import Any, Dict, Sequence
 from osgeo import ogr
 
 from ..errors import MapSegError
+from ..io.gdal_errors import engine_call
 from ..io.raster import check_destination, open_raster
 from ..io.vector import VectorWriter
 from ..progress import Reporter
@@ -42,6 +43,7 @@ def _generator(sam, on_batch, **options):
     return Generator(sam, output_mode="binary_mask", **options)
 
 
+@engine_call
 def automatic_masks(
     raster: str,
     sam,

@@ -20,9 +20,6 @@ from ..errors import MapSegError
 from ..io.normalize import band_stats, valid_stack_mask
 from ..io.raster import RasterInfo, check_band, raster_info
 
-gdal.UseExceptions()
-ogr.UseExceptions()
-
 Rect = Tuple[int, int, int, int]  # x, y, width, height in processing pixels
 
 

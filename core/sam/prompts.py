@@ -18,6 +18,7 @@ import numpy as np
 from osgeo import gdal, ogr
 
 from ..errors import MapSegError
+from ..io.gdal_errors import engine_call
 from ..io.raster import OutputRaster, check_destination, open_raster, smallest_int_type
 from ..io.vector import VectorWriter
 from ..progress import Reporter
@@ -139,6 +140,7 @@ def predict(predictor, prompt: Prompt, window: Window, multimask: bool = True):
     return mask, float(scores[best]), stability
 
 
+@engine_call
 def segment_with_prompts(
     raster: str,
     prompts: Sequence[Prompt],

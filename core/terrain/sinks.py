@@ -29,6 +29,7 @@ import numpy as np
 from osgeo import gdal, ogr
 
 from ..errors import MapSegError
+from ..io.gdal_errors import engine_call
 from ..io.geodesy import Ellipsoid
 from ..io.raster import (
     OutputRaster,
@@ -42,8 +43,6 @@ from ..io.raster import (
     windows,
 )
 from ..progress import Reporter
-
-gdal.UseExceptions()
 
 EIGHT = np.ones((3, 3), dtype=bool)  # D8: water moves to diagonal neighbours too
 SINK_FIELDS = ("sink_id", "max_depth", "mean_depth", "area", "volume")
@@ -263,6 +262,7 @@ def _sink_polygons(dest, depth, mask, info: RasterInfo, min_area, reporter: Repo
     return int(keep.size)
 
 
+@engine_call
 def topographic_sinks(
     src: str,
     depth_dest: str,

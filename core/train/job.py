@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import List, Sequence
 
 from ..errors import MapSegError
+from ..io.gdal_errors import engine_call
 from ..io.normalize import band_stats
 from ..io.raster import check_destination, open_raster, raster_info
 from ..labels import classes as lab
@@ -178,6 +179,7 @@ def _one_against_rest(job: TrainJob, tiles: list, found: List[int], given: list,
     return found, [c for c in table if c["value"] in found]
 
 
+@engine_call
 def train_model(job: TrainJob, reporter: Reporter) -> dict:
     """Train, save the model file at ``job.output`` and return its metadata."""
     output = check_destination(job.output, list(job.images))

@@ -53,6 +53,7 @@ from typing import List, Sequence
 import numpy as np
 
 from ..errors import CanceledError, MapSegError
+from ..io.gdal_errors import engine_call
 from ..io.normalize import band_stats, sample_windows
 from ..io.windows import BandWindows
 from ..model.clustering import Segmenter, brightness, filter_bank
@@ -287,6 +288,7 @@ def preview_png(tile: np.ndarray, segments: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+@engine_call
 def train_label_free(
     paths: Sequence[str],
     output: str,

@@ -19,6 +19,7 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from ..errors import CanceledError, MapSegError
+from ..io.gdal_errors import engine_call
 from ..io.raster import (
     block_size,
     check_band,
@@ -31,9 +32,6 @@ from ..io.raster import (
 )
 from ..io.vector import VectorWriter, measure, split_destination
 from ..progress import Reporter
-
-gdal.UseExceptions()
-ogr.UseExceptions()
 
 # Types gdal.Polygonize reads exactly (it works on Int32); anything else is scanned first.
 EXACT_TYPES = {gdal.GDT_Byte, gdal.GDT_UInt16, gdal.GDT_Int16, gdal.GDT_Int32}
@@ -166,6 +164,7 @@ def pixel_threshold(min_area: float, ds: gdal.Dataset, srs: osr.SpatialReference
     return max(1, math.ceil(round(min_area / pixel_area, 9)))
 
 
+@engine_call
 def polygonize_classes(
     src: str,
     dest: str,
