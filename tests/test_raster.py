@@ -133,3 +133,35 @@ def test_smallest_int_type():
     assert raster.smallest_int_type(256) == gdal.GDT_UInt16
     assert raster.smallest_int_type(70000) == gdal.GDT_UInt32
     assert raster.smallest_int_type(5, -1) == gdal.GDT_Int16
+
+
+@pytest.mark.parametrize("on", [(), ("gdal",), ("gdal", "osr"), ("gdal", "ogr", "osr")])
+def test_gdal_exceptions_restores_each_module(on):
+    """The three modules share one stack of error handlers: any mix that was on before the
+    block is exactly what is on after it, and nothing raises on the way out."""
+    from osgeo import ogr, osr
+
+    from mapseg.core.io.gdal_errors import gdal_exceptions
+
+    modules = {"gdal": gdal, "ogr": ogr, "osr": osr}
+    before = {name: m.GetUseExceptions() for name, m in modules.items()}
+    try:
+        for name in ("osr", "ogr", "gdal"):
+            if before[name]:
+                modules[name].DontUseExceptions()
+        for name in on:
+            modules[name].UseExceptions()
+        with gdal_exceptions():
+            assert all(m.GetUseExceptions() for m in modules.values())
+            with pytest.raises(RuntimeError):
+                gdal.Open("/nonexistent/x.tif")
+        assert {n: bool(m.GetUseExceptions()) for n, m in modules.items()} == {
+            n: n in on for n in modules
+        }
+    finally:
+        for name in ("osr", "ogr", "gdal"):
+            if modules[name].GetUseExceptions():
+                modules[name].DontUseExceptions()
+        for name in ("gdal", "ogr", "osr"):
+            if before[name]:
+                modules[name].UseExceptions()

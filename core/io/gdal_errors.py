@@ -26,7 +26,8 @@ def gdal_exceptions() -> Iterator[None]:
     try:
         yield
     finally:
-        for m, was_on in zip(_MODULES, before):
+        # GDAL keeps one stack of error handlers for the three modules: pop in reverse order.
+        for m, was_on in reversed(list(zip(_MODULES, before))):
             if not was_on:
                 m.DontUseExceptions()
 
