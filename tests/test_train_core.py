@@ -20,7 +20,8 @@ from mapseg.core.model.modelfile import build_model, load_model
 from mapseg.core.progress import Reporter
 from mapseg.core.train.dataset import Tile, TileReader, scan_tiles, spatial_split
 from mapseg.core.train.job import TrainJob, train_model
-from mapseg.core.train.loop import FitConfig, class_weights
+from mapseg.core.train.loop import FitConfig
+from mapseg.core.train.losses import class_weights
 
 LEVELS = np.array([300, 1500, 2700])  # band-1 value of classes 1, 2, 3 (uint16 imagery)
 

@@ -5,11 +5,10 @@ tiles are read from the rasters (each raster normalised with its own band statis
 ``per-input`` normalisation Segment Raster applies too), the hand-made filter bank
 (``core.model.clustering.filter_bank``) is computed on every tile and k-means with ``K0``
 clusters on those features gives every pixel a pseudo-class. The network (a small U-Net)
-learns to predict those pseudo-classes with cross-entropy from two
-photometrically different views of the same
-(flipped/rotated) tile, plus a symmetric KL term that asks both views to give the same class
-distribution. The network's ``K0`` output logits, normalised to unit length per pixel, are the
-embedding: Segment Raster clusters them into N segments with k-means.
+learns to predict those pseudo-classes with cross-entropy from two photometrically different
+views of the same (flipped/rotated) tile, plus a symmetric KL term that asks both views to give
+the same class distribution. The network's ``K0`` output logits, normalised to unit length per
+pixel, are the embedding: Segment Raster clusters them into N segments with k-means.
 
 Why this and not more (numbers measured on the NC Landsat scene, 7 strata classes, K=7, and
 the 9 Dubai tiles, K=6, mean over tiles; see bench/quality_label_free.py):
@@ -46,18 +45,20 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, replace
 from typing import List, Sequence
 
 import numpy as np
 
-from ..errors import CanceledError, MapSegError
+from ..errors import MapSegError
 from ..io.gdal_errors import engine_call
 from ..io.normalize import band_stats, sample_windows
 from ..io.windows import BandWindows
 from ..model.clustering import Segmenter, brightness, filter_bank
 from ..progress import Reporter
+from .augment import flip_rotate
+from .report import preview_png
+from .schedule import Clock, cpu_state, lr_lambda, seed_everything, warn_stopped
 
 IGNORE = -1
 
@@ -135,8 +136,6 @@ def _views(x, y, gen):
     """Same random flip/rot90 for the batch pair, two independent photometric jitters."""
     import torch
 
-    from .loop import flip_rotate
-
     n = x.shape[0]
     x, y = flip_rotate(x, y, torch.rand((n, 3), generator=gen))
 
@@ -151,13 +150,58 @@ def _views(x, y, gen):
     return jitter(), jitter(), y
 
 
+def _two_view_loss(net, v1, v2, yb, consistency: float):
+    """Cross-entropy on both views plus ``consistency`` x their symmetric KL (0: one view)."""
+    from torch.nn import functional as nnf
+
+    if consistency <= 0:  # plain distillation: one view
+        return nnf.cross_entropy(net(v1), yb, ignore_index=IGNORE)
+    o1, o2 = net(v1), net(v2)
+    loss = 0.5 * (
+        nnf.cross_entropy(o1, yb, ignore_index=IGNORE)
+        + nnf.cross_entropy(o2, yb, ignore_index=IGNORE)
+    )
+    l1, l2 = nnf.log_softmax(o1, 1), nnf.log_softmax(o2, 1)
+    kl = (l1.exp() * (l1 - l2)).sum(1) + (l2.exp() * (l2 - l1)).sum(1)
+    return loss + consistency * 0.5 * kl.mean()
+
+
+class _HeldOut:
+    """The held-out tiles: their un-augmented loss, the history, the weights with the lowest."""
+
+    def __init__(self, net, hx, hy, reporter: Reporter, steps: int) -> None:
+        self.net, self.hx, self.hy, self.reporter, self.steps = net, hx, hy, reporter, steps
+        self.best, self.best_loss, self.history = None, math.inf, []
+        self.run_loss, self.run_n = 0.0, 0
+
+    def add(self, loss: float) -> None:
+        self.run_loss += loss
+        self.run_n += 1
+
+    def check(self, step: int, seconds: float) -> None:
+        import torch
+        from torch.nn import functional as nnf
+
+        self.net.eval()
+        with torch.no_grad():
+            val = float(nnf.cross_entropy(self.net(self.hx), self.hy, ignore_index=IGNORE))
+        self.net.train()
+        train_loss = self.run_loss / max(1, self.run_n)
+        entry = {"step": step, "train_loss": train_loss, "held_out_loss": val}
+        self.history.append({**entry, "seconds": round(seconds, 2)})
+        self.reporter.info(
+            f"Step {step}/{self.steps}: training loss {train_loss:.4f}, held-out loss {val:.4f}"
+        )
+        self.run_loss, self.run_n = 0.0, 0
+        if val < self.best_loss:
+            self.best_loss, self.best = val, cpu_state(self.net)
+
+
 def train_encoder(net, x: np.ndarray, y: np.ndarray, cfg: SelfSupConfig, reporter: Reporter):
     """Fit ``net`` (K0 outputs) to the pseudo-labels; returns a ``SelfSupResult``."""
     import torch
-    from torch.nn import functional as nnf
 
     from ..model.device import resolve_device
-    from .loop import lr_lambda, seed_everything
 
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -169,79 +213,28 @@ def train_encoder(net, x: np.ndarray, y: np.ndarray, cfg: SelfSupConfig, reporte
     net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps))
-    limit = cfg.max_minutes * 60.0 if cfg.max_minutes and cfg.max_minutes > 0 else None
-    bs = max(2, cfg.batch_size)
-    start = time.perf_counter()
-    history: List[dict] = []
-    best, best_loss, stop_reason, run_loss, run_n, step = None, math.inf, "", 0.0, 0, 0
-
-    def checkpoint() -> None:
-        nonlocal best, best_loss, run_loss, run_n
-        net.eval()
-        with torch.no_grad():
-            hx, hy = xt[held].to(device), yt[held].to(device)
-            val = float(nnf.cross_entropy(net(hx), hy, ignore_index=IGNORE))
-        net.train()
-        history.append(
-            {
-                "step": step,
-                "train_loss": run_loss / max(1, run_n),
-                "held_out_loss": val,
-                "seconds": round(time.perf_counter() - start, 2),
-            }
-        )
-        reporter.info(
-            f"Step {step}/{cfg.steps}: training loss {history[-1]['train_loss']:.4f}, "
-            f"held-out loss {val:.4f}"
-        )
-        run_loss, run_n = 0.0, 0
-        if val < best_loss:
-            best_loss = val
-            best = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-
+    keeper = _HeldOut(net, xt[held].to(device), yt[held].to(device), reporter, cfg.steps)
+    clock, bs, step, stop = Clock(reporter, cfg.max_minutes), max(2, cfg.batch_size), 0, ""
     net.train()
     while step < cfg.steps:
         idx = torch.from_numpy(rng.choice(n, size=bs, replace=n < bs))
         v1, v2, yb = _views(xt[idx], yt[idx], gen)
-        v1, v2, yb = v1.to(device), v2.to(device), yb.to(device)
-        if cfg.consistency > 0:  # two views: cross-entropy on both plus symmetric KL
-            o1, o2 = net(v1), net(v2)
-            loss = 0.5 * (
-                nnf.cross_entropy(o1, yb, ignore_index=IGNORE)
-                + nnf.cross_entropy(o2, yb, ignore_index=IGNORE)
-            )
-            l1, l2 = nnf.log_softmax(o1, 1), nnf.log_softmax(o2, 1)
-            kl = (l1.exp() * (l1 - l2)).sum(1) + (l2.exp() * (l2 - l1)).sum(1)
-            loss = loss + cfg.consistency * 0.5 * kl.mean()
-        else:  # plain distillation: one view
-            loss = nnf.cross_entropy(net(v1), yb, ignore_index=IGNORE)
+        loss = _two_view_loss(net, v1.to(device), v2.to(device), yb.to(device), cfg.consistency)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         step += 1
-        run_loss += float(loss.detach())
-        run_n += 1
-        elapsed = time.perf_counter() - start
-        try:
-            reporter.fraction(max(step / cfg.steps, elapsed / limit if limit else 0.0))
-        except CanceledError:
-            stop_reason = "canceled"
-        if limit and elapsed >= limit and not stop_reason:
-            stop_reason = "time"
-        due = stop_reason or step % cfg.eval_every == 0 or step == cfg.steps
-        if due and (stop_reason != "canceled" or best is None):  # a cancel skips a new check
-            checkpoint()
-        if stop_reason:
-            what = "canceled by the user" if stop_reason == "canceled" else "time limit reached"
-            reporter.warn(
-                f"Training was stopped early ({what}) after {step} step(s); the best model so "
-                "far is kept."
-            )
+        keeper.add(float(loss.detach()))
+        stop = clock.tick(step / cfg.steps)
+        due = stop or step % cfg.eval_every == 0 or step == cfg.steps
+        if due and (stop != "canceled" or keeper.best is None):  # a cancel skips a new check
+            keeper.check(step, clock.elapsed())
+        if stop:
+            warn_stopped(reporter, stop, step, "step(s)")
             break
-    return SelfSupResult(
-        best, history, time.perf_counter() - start, step, bool(stop_reason), stop_reason, device
-    )
+    seconds = clock.elapsed()
+    return SelfSupResult(keeper.best, keeper.history, seconds, step, bool(stop), stop, device)
 
 
 def embed(net, x: np.ndarray) -> np.ndarray:
@@ -265,27 +258,45 @@ def segment(emb: np.ndarray, image: np.ndarray, valid: np.ndarray, k: int, seed:
     return seg.assign(emb)
 
 
-def preview_png(tile: np.ndarray, segments: np.ndarray) -> str:
-    """A training tile (first 3 bands) beside its segment map, as a base64 PNG data URI."""
-    import base64
-    import io
+def _open_inputs(paths: Sequence[str], bands: Sequence[int] | None) -> tuple:
+    """(datasets, 1-based bands used): every raster must hold the bands asked for."""
+    from ..io.raster import open_raster
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    datasets = [open_raster(p) for p in paths]
+    bands = list(bands or range(1, datasets[0].RasterCount + 1))
+    short = [os.path.basename(p) for p, ds in zip(paths, datasets) if ds.RasterCount < max(bands)]
+    if short:
+        raise MapSegError(f"{', '.join(short)} has fewer than {max(bands)} bands.")
+    return datasets, bands
 
-    rgb = tile[:3] if tile.shape[0] >= 3 else np.repeat(tile[:1], 3, axis=0)
-    rgb = np.clip(np.moveaxis(rgb, 0, -1), 0, 1)
-    fig = Figure(figsize=(6.4, 3.2), dpi=100)
-    FigureCanvasAgg(fig)
-    for i, (img, title) in enumerate(((rgb, "training tile"), (segments, "segments"))):
-        ax = fig.add_subplot(1, 2, i + 1)
-        ax.imshow(img, cmap="tab10" if i else None, interpolation="nearest")
-        ax.set_title(title)
-        ax.axis("off")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+def _preview(net, x: np.ndarray, valid: np.ndarray, segments: int, seed: int) -> str:
+    """The most valid training tile beside its ``segments``-segment map, as a PNG data URI."""
+    pick = int(np.argmax(valid.mean(axis=(1, 2))))
+    emb = embed(net, x[pick])
+    emb /= np.maximum(np.linalg.norm(emb, axis=0, keepdims=True), 1e-12)  # as build_model does
+    seg = segment(emb, x[pick], valid[pick], segments, seed)
+    return preview_png(x[pick], np.where(valid[pick], seg, -1))
+
+
+def _training_record(cfg: SelfSupConfig, result: SelfSupResult, paths, bands, tiles: int):
+    return {
+        "method": "filter-bank distillation + two-view consistency",
+        "device": result.device,
+        "seconds": round(result.seconds, 2),
+        "steps_run": result.steps_run,
+        "steps": cfg.steps,
+        "stopped_early": result.stopped_early,
+        "stop_reason": result.stop_reason,
+        "batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "k0": cfg.k0,
+        "consistency": cfg.consistency,
+        "seed": cfg.seed,
+        "tiles": tiles,
+        "bands_used": bands,
+        "inputs": [os.path.basename(p) for p in paths],
+    }
 
 
 @engine_call
@@ -301,15 +312,10 @@ def train_label_free(
 ) -> dict:
     """Train a label-free model on ``paths`` (``bands``: 1-based, default all) and save it."""
     from ...nets import build_network
-    from ..io.raster import open_raster, raster_info
+    from ..io.raster import raster_info
     from ..model.modelfile import new_meta, save_model
-    from .loop import seed_everything
 
-    datasets = [open_raster(p) for p in paths]
-    bands = list(bands or range(1, datasets[0].RasterCount + 1))
-    short = [os.path.basename(p) for p, ds in zip(paths, datasets) if ds.RasterCount < max(bands)]
-    if short:
-        raise MapSegError(f"{', '.join(short)} has fewer than {max(bands)} bands.")
+    datasets, bands = _open_inputs(paths, bands)
     reporter.info("Measuring band statistics of each input (per-input normalisation).")
     stats = [band_stats([ds], bands) for ds in datasets]
     x, valid = read_tiles(datasets, bands, stats, cfg.tile_size, cfg.max_tiles)
@@ -325,13 +331,10 @@ def train_label_free(
     net = build_network(architecture, len(bands), int(y.max()) + 1, **(arch_kwargs or {}))
     result = train_encoder(net, x, y, cfg, reporter.sub(0.08, 0.97))
     net.load_state_dict(result.state_dict)
-    pick = int(np.argmax(valid.mean(axis=(1, 2))))
-    emb = embed(net, x[pick])
-    emb /= np.maximum(np.linalg.norm(emb, axis=0, keepdims=True), 1e-12)  # as build_model does
-    seg = segment(emb, x[pick], valid[pick], preview_segments, cfg.seed)
-    info = raster_info(datasets[0])
-    arch = net.mapseg_arch
-    hist = result.history
+    training = _training_record(cfg, result, paths, bands, len(x))
+    training["preview_segments"] = preview_segments
+    training["preview"] = _preview(net, x, valid, preview_segments, cfg.seed)
+    info, arch = raster_info(datasets[0]), net.mapseg_arch
     meta = new_meta(
         architecture=arch["name"],
         arch_kwargs=arch["kwargs"],
@@ -347,30 +350,12 @@ def train_label_free(
         pixel_size=list(info.pixel_size) if info.georeferenced else None,
         crs_wkt=info.projection,
         mode="unsupervised",
-        history=hist,
+        history=result.history,
         metrics={
-            "held_out_loss": min(h["held_out_loss"] for h in hist),
+            "held_out_loss": min(h["held_out_loss"] for h in result.history),
             "pseudo_classes": arch["num_classes"],
         },
-        training={
-            "method": "filter-bank distillation + two-view consistency",
-            "device": result.device,
-            "seconds": round(result.seconds, 2),
-            "steps_run": result.steps_run,
-            "steps": cfg.steps,
-            "stopped_early": result.stopped_early,
-            "stop_reason": result.stop_reason,
-            "batch_size": cfg.batch_size,
-            "learning_rate": cfg.learning_rate,
-            "k0": cfg.k0,
-            "consistency": cfg.consistency,
-            "seed": cfg.seed,
-            "tiles": len(x),
-            "bands_used": bands,
-            "inputs": [os.path.basename(p) for p in paths],
-            "preview_segments": preview_segments,
-            "preview": preview_png(x[pick], np.where(valid[pick], seg, -1)),
-        },
+        training=training,
     )
     save_model(output, meta, result.state_dict)
     return meta

@@ -12,6 +12,8 @@ import io
 import os
 from typing import List, Sequence
 
+import numpy as np
+
 from ..errors import MapSegError
 
 STYLE = (
@@ -53,6 +55,11 @@ def _png(series: Sequence[tuple], ylabel: str, title: str, xlabel: str = "epoch"
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
+    return _encode(fig)
+
+
+def _encode(fig) -> str:
+    """A matplotlib figure as a base64 PNG data URI."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -69,18 +76,12 @@ def _finite(values) -> list:
     return [v if v == v else None for v in values]  # NaN -> gap in the curve
 
 
-def report_html(meta: dict) -> str:
-    """The report page for a trained model's metadata."""
-    if meta.get("mode") == "unsupervised":
-        return _label_free_html(meta)
+def _summary(meta: dict) -> str:
     esc = html.escape
-    hist = meta.get("history") or []
     metrics = meta.get("metrics") or {}
     tr = meta.get("training") or {}
-    classes = meta["classes"]
-    epochs = [h["epoch"] for h in hist]
-    parts = _head("MapSeg training report", tr, "the best weights")
-    summary = [
+    hist = meta.get("history") or []
+    rows = [
         ["Architecture", f"{esc(meta['architecture'])} {esc(str(meta.get('arch_kwargs', {})))}"],
         ["Inputs", esc(", ".join(tr.get("inputs", [])))],
         ["Bands", str(meta["in_bands"])],
@@ -96,70 +97,106 @@ def report_html(meta: dict) -> str:
         ["Overall accuracy", f"{metrics.get('accuracy', 0):.4f}"],
         ["Kappa", f"{metrics.get('kappa', 0):.4f}"],
     ]  # fmt: skip
-    parts.append("<h2>Summary</h2>" + _rows(summary, ["", ""]))
+    return "<h2>Summary</h2>" + _rows(rows, ["", ""])
+
+
+def _curves(hist: List[dict]) -> List[str]:
+    epochs = [h["epoch"] for h in hist]
+    loss = _png(
+        [
+            ("training", epochs, _finite([h["train_loss"] for h in hist])),
+            ("validation", epochs, _finite([h["val_loss"] for h in hist])),
+        ],
+        "loss",
+        "Loss",
+    )
+    miou = _png(
+        [
+            ("validation mIoU", epochs, _finite([h["val_miou"] for h in hist])),
+            ("validation accuracy", epochs, _finite([h["val_accuracy"] for h in hist])),
+        ],
+        "score",
+        "Validation mIoU and accuracy",
+    )
+    return [
+        f"<h2>Curves</h2><img alt='loss curve' src='{loss}'>",
+        f"<img alt='mIoU curve' src='{miou}'>",
+    ]
+
+
+def _per_class(classes: List[dict], per: List[dict]) -> str:
+    rows = []
+    for c, p in zip(classes, per):
+        r, g, b = c.get("color", [128, 128, 128])[:3]
+        swatch = f"<span class='sw' style='background:#{r:02x}{g:02x}{b:02x}'></span>"
+        rows.append(
+            [swatch + html.escape(str(c["name"])), str(c["value"])]
+            + [f"{p[k]:.4f}" for k in ("iou", "precision", "recall", "f1")]
+            + [str(p["support"])]
+        )
+    header = ["Class", "Value", "IoU", "Precision", "Recall", "F1", "Pixels"]
+    return "<h2>Per-class scores</h2>" + _rows(rows, header)
+
+
+def _confusion(classes: List[dict], cm: List[List[int]]) -> str:
+    names = [html.escape(str(c["name"])) for c in classes]
+    rows = [[names[i]] + [str(v) for v in row] for i, row in enumerate(cm)]
+    return (
+        "<h2>Confusion matrix</h2><p>Rows: reference class; columns: predicted class "
+        "(pixels).</p>" + _rows(rows, ["reference \\ predicted"] + names)
+    )
+
+
+def _history(hist: List[dict]) -> str:
+    rows = [
+        [str(h["epoch"])]
+        + [f"{h[k]:.4f}" for k in ("train_loss", "val_loss", "val_miou", "val_accuracy")]
+        + [f"{h['lr']:.2e}", f"{h['seconds']:.1f}"]
+        for h in hist
+    ]
+    header = ["Epoch", "Train loss", "Val loss", "Val mIoU", "Val accuracy", "LR", "Seconds"]
+    return "<h2>History</h2>" + _rows(rows, header)
+
+
+def report_html(meta: dict) -> str:
+    """The report page for a trained model's metadata."""
+    if meta.get("mode") == "unsupervised":
+        return _label_free_html(meta)
+    hist = meta.get("history") or []
+    metrics = meta.get("metrics") or {}
+    parts = _head("MapSeg training report", meta.get("training") or {}, "the best weights")
+    parts.append(_summary(meta))
     if hist:
-        loss = _png(
-            [
-                ("training", epochs, _finite([h["train_loss"] for h in hist])),
-                ("validation", epochs, _finite([h["val_loss"] for h in hist])),
-            ],
-            "loss",
-            "Loss",
-        )
-        miou = _png(
-            [
-                ("validation mIoU", epochs, _finite([h["val_miou"] for h in hist])),
-                ("validation accuracy", epochs, _finite([h["val_accuracy"] for h in hist])),
-            ],
-            "score",
-            "Validation mIoU and accuracy",
-        )
-        parts.append(f"<h2>Curves</h2><img alt='loss curve' src='{loss}'>")
-        parts.append(f"<img alt='mIoU curve' src='{miou}'>")
-    per = metrics.get("per_class") or []
-    if per:
-        rows = []
-        for c, p in zip(classes, per):
-            r, g, b = c.get("color", [128, 128, 128])[:3]
-            color = f"#{r:02x}{g:02x}{b:02x}"
-            rows.append(
-                [
-                    f"<span class='sw' style='background:{color}'></span>{esc(str(c['name']))}",
-                    str(c["value"]),
-                    f"{p['iou']:.4f}",
-                    f"{p['precision']:.4f}",
-                    f"{p['recall']:.4f}",
-                    f"{p['f1']:.4f}",
-                    str(p["support"]),
-                ]
-            )
-        header = ["Class", "Value", "IoU", "Precision", "Recall", "F1", "Pixels"]
-        parts.append("<h2>Per-class scores</h2>" + _rows(rows, header))
-    cm = metrics.get("confusion") or []
-    if cm:
-        names = [esc(str(c["name"])) for c in classes]
-        rows = [[names[i]] + [str(v) for v in row] for i, row in enumerate(cm)]
-        parts.append(
-            "<h2>Confusion matrix</h2><p>Rows: reference class; columns: predicted class "
-            "(pixels).</p>" + _rows(rows, ["reference \\ predicted"] + names)
-        )
+        parts += _curves(hist)
+    if metrics.get("per_class"):
+        parts.append(_per_class(meta["classes"], metrics["per_class"]))
+    if metrics.get("confusion"):
+        parts.append(_confusion(meta["classes"], metrics["confusion"]))
     if hist:
-        rows = [
-            [
-                str(h["epoch"]),
-                f"{h['train_loss']:.4f}",
-                f"{h['val_loss']:.4f}",
-                f"{h['val_miou']:.4f}",
-                f"{h['val_accuracy']:.4f}",
-                f"{h['lr']:.2e}",
-                f"{h['seconds']:.1f}",
-            ]
-            for h in hist
-        ]
-        header = ["Epoch", "Train loss", "Val loss", "Val mIoU", "Val accuracy", "LR", "Seconds"]
-        parts.append("<h2>History</h2>" + _rows(rows, header))
-    parts.append(f"<p>Created {esc(str(meta.get('created', '')))} by MapSeg.</p></body></html>")
+        parts.append(_history(hist))
+    parts.append(_footer(meta))
     return "\n".join(parts)
+
+
+def _footer(meta: dict) -> str:
+    return f"<p>Created {html.escape(str(meta.get('created', '')))} by MapSeg.</p></body></html>"
+
+
+def preview_png(tile: np.ndarray, segments: np.ndarray) -> str:
+    """A training tile (first 3 bands) beside its segment map, as a base64 PNG data URI."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rgb = tile[:3] if tile.shape[0] >= 3 else np.repeat(tile[:1], 3, axis=0)
+    rgb = np.clip(np.moveaxis(rgb, 0, -1), 0, 1)
+    fig = Figure(figsize=(6.4, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (img, title) in enumerate(((rgb, "training tile"), (segments, "segments"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        ax.imshow(img, cmap="tab10" if i else None, interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    return _encode(fig)
 
 
 def _label_free_html(meta: dict) -> str:
@@ -205,7 +242,7 @@ def _label_free_html(meta: dict) -> str:
             f"<h2>Preview</h2><p>A training tile and its {tr.get('preview_segments')}-segment "
             f"map.</p><img alt='segment preview' src='{tr['preview']}'>"
         )
-    parts.append(f"<p>Created {esc(str(meta.get('created', '')))} by MapSeg.</p></body></html>")
+    parts.append(_footer(meta))
     return "\n".join(parts)
 
 

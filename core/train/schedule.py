@@ -1,0 +1,75 @@
+"""What drives a training run through time: the seed, the learning-rate schedule, the stop.
+
+Shared by supervised and label-free training, so both stop the same way: within one step of a
+cancel or of the time limit, keeping the best weights so far.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from ..errors import CanceledError
+from ..progress import Reporter
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.backends.cudnn.benchmark = False
+
+
+def lr_lambda(total_steps: int):
+    """Linear warm-up over 5 % of the steps (at most 100), then cosine decay to 5 %."""
+    warmup = max(1, min(100, total_steps // 20))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def cpu_state(net) -> dict:
+    """A detached CPU copy of ``net``'s weights (the best model so far)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
+class Clock:
+    """Elapsed time, the time limit and the cancel check of one training run."""
+
+    def __init__(self, reporter: Reporter, max_minutes: float) -> None:
+        self.reporter = reporter
+        self.limit = max_minutes * 60.0 if max_minutes and max_minutes > 0 else None
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def time_share(self) -> float:
+        """Share of the time budget used (0 without a limit)."""
+        return self.elapsed() / self.limit if self.limit else 0.0
+
+    def tick(self, done: float) -> str:
+        """Report progress ``done`` (at least the time share); '' to go on, else why to stop."""
+        try:
+            self.reporter.fraction(max(done, self.time_share()))
+        except CanceledError:
+            return "canceled"
+        if self.limit and self.elapsed() >= self.limit:
+            return "time"
+        return ""
+
+
+def warn_stopped(reporter: Reporter, reason: str, count: int, unit: str) -> None:
+    """The log line of an early stop: why, after how much, and that the best model is kept."""
+    what = "canceled by the user" if reason == "canceled" else "time limit reached"
+    reporter.warn(
+        f"Training was stopped early ({what}) after {count} {unit}; the best model so far is kept."
+    )
