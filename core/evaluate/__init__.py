@@ -1,3 +1,4 @@
-"""Evaluation: streamed confusion matrix and scores, object-level F1, reference alignment and
-rasterisation, and the HTML report.
+"""Evaluation: the reference put on the prediction's grid (``reference``), streamed confusion
+matrix and scores (``evaluation``, ``metrics``), object-level F1 (``objects``), and the HTML
+report (``report``).
 """

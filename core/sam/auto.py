@@ -10,7 +10,7 @@ current row of windows, never the raster.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Iterator, Sequence
 
 from osgeo import ogr
 
@@ -43,6 +43,87 @@ def _generator(sam, on_batch, **options):
     return Generator(sam, output_mode="binary_mask", **options)
 
 
+class _BatchProgress:
+    """Progress inside one window: SAM's generator reports each batch of points it decodes."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+        self.step: Reporter = Reporter()
+        self.done = 0
+
+    def start(self, step: Reporter) -> None:
+        self.step, self.done = step, 0
+        step.fraction(0.0)
+
+    def __call__(self) -> None:
+        self.step.fraction(0.2 + 0.8 * self.done / self.batches)
+        self.done += 1
+
+
+def _windows(grid, size: int, overlap: int | None, reporter: Reporter):
+    """Rows of overlapping windows of SAM's input size over the processing grid."""
+    overlap = size // 4 if overlap is None else int(overlap)
+    if not 0 <= overlap < size:
+        raise MapSegError(f"OVERLAP must be between 0 and {size - 1} pixels (SAM's input size).")
+    rows = tile(grid.width, grid.height, size, overlap)
+    reporter.info(
+        f"{sum(len(r) for r in rows)} window(s) of up to {size} x {size} pixels over "
+        f"{grid.width} x {grid.height} processing pixels, overlapping by {overlap}."
+    )
+    return rows
+
+
+def _window_parts(generator, source: ImageSource, rect) -> Iterator[Part]:
+    """The masks SAM finds in one window, as parts on the processing grid."""
+    grid = source.grid
+    for ann in generator.generate(source.read(rect)):
+        iou, stability = float(ann["predicted_iou"]), float(ann["stability_score"])
+        part = part_from_window(ann["segmentation"], rect, grid.width, grid.height, iou, stability)
+        if part is not None:
+            yield part
+
+
+class _MaskWriter:
+    """Writes final masks as features, leaving out those smaller than ``min_area``."""
+
+    def __init__(self, out: VectorWriter, grid, min_area: float) -> None:
+        self.out, self.grid, self.min_area = out, grid, min_area
+        self.masks = self.small = 0
+
+    def __call__(self, parts: Sequence[Part]) -> None:
+        for part in parts:
+            if part.area * self.grid.pixel_area < self.min_area:
+                self.small += 1
+                continue
+            rect = (part.x, part.y, part.mask.shape[1], part.mask.shape[0])
+            geom = mask_to_geometry(part.mask, self.grid.rect_geotransform(rect))
+            if geom is None:
+                continue
+            self.masks += 1
+            values = {"mask_id": self.masks, "pred_iou": float(part.pred_iou)}
+            values.update(stability=float(part.stability), area=geom.GetArea())
+            self.out.add(geom, {**values, "windows": len(part.windows)})
+
+
+def _run_windows(rows, generator, source, merger: Merger, write, progress, reporter) -> int:
+    """Every window in reading order; masks are written once no later window reaches them."""
+    total, k, found = sum(len(r) for r in rows), 0, 0
+    for r, row in enumerate(rows):
+        for c, rect in enumerate(row):
+            step = reporter.sub(k / total, (k + 1) / total)
+            progress.start(step)
+            for part in _window_parts(generator, source, rect):
+                found += 1
+                merger.add(part)
+            next_x = row[c + 1][0] if c + 1 < len(row) else None
+            next_y = rows[r + 1][0][1] if r + 1 < len(rows) else None
+            write(merger.flush(next_x, next_y))
+            step.fraction(1.0)
+            k += 1
+    write(merger.flush(None, None))
+    return found
+
+
 @engine_call
 def automatic_masks(
     raster: str,
@@ -68,91 +149,27 @@ def automatic_masks(
     ds = open_raster(raster)
     bands = sam_bands(ds, bands)
     grid = make_grid(ds, pixel_size)
-    size = int(sam.image_encoder.img_size)
-    overlap = size // 4 if overlap is None else int(overlap)
-    if not 0 <= overlap < size:
-        raise MapSegError(f"OVERLAP must be between 0 and {size - 1} pixels (SAM's input size).")
-    rows = tile(grid.width, grid.height, size, overlap)
-    total = sum(len(r) for r in rows)
-    reporter.info(
-        f"{total} window(s) of up to {size} x {size} pixels over {grid.width} x {grid.height} "
-        f"processing pixels, overlapping by {overlap}."
-    )
+    rows = _windows(grid, int(sam.image_encoder.img_size), overlap, reporter)
     source = ImageSource(ds, bands, grid)
-    batches = math.ceil(points_per_side**2 / max(1, points_per_batch))
-    state = {"step": reporter, "done": 0}
-
-    def on_batch():
-        state["step"].fraction(0.2 + 0.8 * state["done"] / batches)
-        state["done"] += 1
-
+    progress = _BatchProgress(math.ceil(points_per_side**2 / max(1, points_per_batch)))
     generator = _generator(
         sam,
-        on_batch,
+        progress,
         points_per_side=points_per_side,
         points_per_batch=points_per_batch,
         pred_iou_thresh=pred_iou_thresh,
         stability_score_thresh=stability_thresh,
     )
     merger = Merger(merge_iou)
-    stats = {"windows": total, "masks": 0, "found": 0, "small": 0}
-    info = grid.info
-    with VectorWriter(output, info.projection, ogr.wkbMultiPolygon, FIELDS, layer_name) as out:
-
-        def write(parts):
-            for part in parts:
-                if part.area * grid.pixel_area < min_area:
-                    stats["small"] += 1
-                    continue
-                _write(out, grid, part, stats)
-
-        k = 0
-        for r, row in enumerate(rows):
-            for c, rect in enumerate(row):
-                step = reporter.sub(k / total, (k + 1) / total)
-                state["step"], state["done"] = step, 0
-                step.fraction(0.0)
-                for ann in generator.generate(source.read(rect)):
-                    part = part_from_window(
-                        ann["segmentation"],
-                        rect,
-                        grid.width,
-                        grid.height,
-                        float(ann["predicted_iou"]),
-                        float(ann["stability_score"]),
-                    )
-                    if part is not None:
-                        stats["found"] += 1
-                        merger.add(part)
-                next_x = row[c + 1][0] if c + 1 < len(row) else None
-                next_y = rows[r + 1][0][1] if r + 1 < len(rows) else None
-                write(merger.flush(next_x, next_y))
-                step.fraction(1.0)
-                k += 1
-        write(merger.flush(None, None))
+    with VectorWriter(output, grid.info.projection, ogr.wkbMultiPolygon, FIELDS, layer_name) as out:
+        write = _MaskWriter(out, grid, min_area)
+        found = _run_windows(rows, generator, source, merger, write, progress, reporter)
         out.commit()
-    stats.update(merged=merger.merged, duplicates=merger.duplicates)
+    stats = {"windows": sum(len(r) for r in rows), "masks": write.masks, "found": found}
+    stats.update(small=write.small, merged=merger.merged, duplicates=merger.duplicates)
     reporter.info(
-        f"{stats['masks']} mask(s) written from {stats['found']} found: {merger.merged} "
+        f"{stats['masks']} mask(s) written from {found} found: {merger.merged} "
         f"part(s) joined across window borders, {merger.duplicates} duplicate(s) dropped, "
-        f"{stats['small']} smaller than MIN_AREA."
+        f"{write.small} smaller than MIN_AREA."
     )
     return stats
-
-
-def _write(out: VectorWriter, grid, part: Part, stats: Dict[str, Any]) -> None:
-    rect = (part.x, part.y, part.mask.shape[1], part.mask.shape[0])
-    geom = mask_to_geometry(part.mask, grid.rect_geotransform(rect))
-    if geom is None:
-        return
-    stats["masks"] += 1
-    out.add(
-        geom,
-        {
-            "mask_id": stats["masks"],
-            "pred_iou": float(part.pred_iou),
-            "stability": float(part.stability),
-            "area": geom.GetArea(),
-            "windows": len(part.windows),
-        },
-    )

@@ -84,69 +84,123 @@ def _count(state: Dict[str, Any], pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
+def _shape(state: Dict[str, Any], key: str, dim: int = 0) -> int:
+    return int(state[key].shape[dim])
+
+
+def _attention(state: Dict[str, Any], embed_dim: int, depth: int, grid: int) -> Dict[str, Any]:
+    """Heads, window size and global-attention blocks, read off the relative positions.
+
+    A block's ``rel_pos_h`` holds 2 * side - 1 rows: side = the grid for a global block, the
+    window size otherwise. Without relative positions the heads leave no trace in the shapes.
+    """
+    use_rel_pos = "image_encoder.blocks.0.attn.rel_pos_h" in state
+    global_idx, window_size, num_heads = [], 0, None
+    for i in range(depth if use_rel_pos else 0):
+        rel = state[f"image_encoder.blocks.{i}.attn.rel_pos_h"]
+        num_heads = embed_dim // int(rel.shape[1])
+        side = (int(rel.shape[0]) + 1) // 2
+        if side == grid:
+            global_idx.append(i)
+        else:
+            window_size = side
+    if num_heads is None:
+        known = VARIANTS.get((embed_dim, depth))
+        num_heads = {"vit_b": 12, "vit_l": 16, "vit_h": 16}.get(known, max(1, embed_dim // 64))
+    if not global_idx and not window_size:
+        global_idx = list(range(depth))
+    return {
+        "num_heads": int(num_heads),
+        "use_rel_pos": use_rel_pos,
+        "window_size": int(window_size),
+        "global_attn_indexes": global_idx,
+    }
+
+
+def _encoder_config(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The image encoder's settings (ViT width, depth, patches, attention) from its tensors."""
+    proj = state["image_encoder.patch_embed.proj.weight"]
+    embed_dim, patch_size = int(proj.shape[0]), int(proj.shape[2])
+    grid = _shape(state, "image_encoder.pos_embed", 1)
+    depth = _count(state, r"image_encoder\.blocks\.(\d+)\.")
+    mlp_hidden = _shape(state, "image_encoder.blocks.0.mlp.lin1.weight")
+    return {
+        "variant": VARIANTS.get((embed_dim, depth), "custom"),
+        "img_size": grid * patch_size,
+        "patch_size": patch_size,
+        "in_chans": int(proj.shape[1]),
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "mlp_ratio": mlp_hidden / embed_dim,
+        "qkv_bias": "image_encoder.blocks.0.attn.qkv.bias" in state,
+        **_attention(state, embed_dim, depth, grid),
+        "out_chans": _shape(state, "image_encoder.neck.0.weight"),
+    }
+
+
+def _decoder_config(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The prompt encoder's and mask decoder's settings from their tensors."""
+    tokens = state["mask_decoder.mask_tokens.weight"]
+    decoder_dim = int(tokens.shape[1])
+    return {
+        "mask_in_chans": _shape(state, "prompt_encoder.mask_downscaling.0.weight") * 4,
+        "decoder_dim": decoder_dim,
+        "decoder_depth": _count(state, r"mask_decoder\.transformer\.layers\.(\d+)\."),
+        "decoder_mlp_dim": _shape(state, "mask_decoder.transformer.layers.0.mlp.lin1.weight"),
+        "decoder_heads": DECODER_HEADS if decoder_dim % (2 * DECODER_HEADS) == 0 else 1,
+        "num_multimask_outputs": int(tokens.shape[0]) - 1,
+        "iou_head_depth": _count(state, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
+        "iou_head_hidden_dim": _shape(state, "mask_decoder.iou_prediction_head.layers.0.weight"),
+    }
+
+
 def config_from_state_dict(state: Dict[str, Any]) -> Dict[str, Any]:
     """The SAM architecture (JSON-serialisable) that the tensors of ``state`` belong to."""
     try:
-        proj = state["image_encoder.patch_embed.proj.weight"]
-        embed_dim, in_chans, patch_size = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
-        grid = int(state["image_encoder.pos_embed"].shape[1])
-        depth = _count(state, r"image_encoder\.blocks\.(\d+)\.")
-        out_chans = int(state["image_encoder.neck.0.weight"].shape[0])
-        mlp_hidden = int(state["image_encoder.blocks.0.mlp.lin1.weight"].shape[0])
-        use_rel_pos = "image_encoder.blocks.0.attn.rel_pos_h" in state
-        global_idx, window_size, num_heads = [], 0, None
-        if use_rel_pos:
-            for i in range(depth):
-                rel = state[f"image_encoder.blocks.{i}.attn.rel_pos_h"]
-                num_heads = embed_dim // int(rel.shape[1])
-                side = (int(rel.shape[0]) + 1) // 2  # rel_pos holds 2 * size - 1 rows
-                if side == grid:
-                    global_idx.append(i)
-                else:
-                    window_size = side
-        known = VARIANTS.get((embed_dim, depth))
-        if num_heads is None:  # no relative positions: the heads leave no trace in the shapes
-            num_heads = {"vit_b": 12, "vit_l": 16, "vit_h": 16}.get(known, max(1, embed_dim // 64))
-        if not global_idx and not window_size:
-            global_idx = list(range(depth))
-        tokens = state["mask_decoder.mask_tokens.weight"]
-        decoder_dim = int(tokens.shape[1])
-        down0 = state["prompt_encoder.mask_downscaling.0.weight"]
-        config = {
-            "variant": known or "custom",
-            "img_size": grid * patch_size,
-            "patch_size": patch_size,
-            "in_chans": in_chans,
-            "embed_dim": embed_dim,
-            "depth": depth,
-            "num_heads": int(num_heads),
-            "mlp_ratio": mlp_hidden / embed_dim,
-            "qkv_bias": "image_encoder.blocks.0.attn.qkv.bias" in state,
-            "use_rel_pos": use_rel_pos,
-            "window_size": int(window_size),
-            "global_attn_indexes": global_idx,
-            "out_chans": out_chans,
-            "mask_in_chans": int(down0.shape[0]) * 4,
-            "decoder_dim": decoder_dim,
-            "decoder_depth": _count(state, r"mask_decoder\.transformer\.layers\.(\d+)\."),
-            "decoder_mlp_dim": int(
-                state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]
-            ),
-            "decoder_heads": DECODER_HEADS if decoder_dim % (2 * DECODER_HEADS) == 0 else 1,
-            "num_multimask_outputs": int(tokens.shape[0]) - 1,
-            "iou_head_depth": _count(state, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
-            "iou_head_hidden_dim": int(
-                state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]
-            ),
-        }
+        config = {**_encoder_config(state), **_decoder_config(state)}
     except (KeyError, IndexError, AttributeError, ZeroDivisionError) as err:
         raise MapSegError(
             f"The checkpoint looks like Segment Anything but its tensors are inconsistent "
             f"({err}). {CHECKPOINT_HINT}"
         ) from None
-    if depth == 0 or config["decoder_depth"] == 0 or embed_dim % config["num_heads"]:
+    empty = config["depth"] == 0 or config["decoder_depth"] == 0
+    if empty or config["embed_dim"] % config["num_heads"]:
         raise MapSegError(f"The SAM checkpoint's encoder is inconsistent. {CHECKPOINT_HINT}")
     return config
+
+
+# Constructor argument -> config key, for the modules of ``segment_anything.modeling`` whose
+# arguments are plain settings: the one place where the config meets SAM's constructors.
+ENCODER_ARGS = (
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "out_chans",
+    "qkv_bias",
+    "use_rel_pos",
+    "window_size",
+)  # named as in the config
+TRANSFORMER_ARGS = {
+    "depth": "decoder_depth",
+    "embedding_dim": "decoder_dim",
+    "mlp_dim": "decoder_mlp_dim",
+    "num_heads": "decoder_heads",
+}
+DECODER_ARGS = {
+    "num_multimask_outputs": "num_multimask_outputs",
+    "transformer_dim": "decoder_dim",
+    "iou_head_depth": "iou_head_depth",
+    "iou_head_hidden_dim": "iou_head_hidden_dim",
+}
+
+
+def _args(config: Dict[str, Any], names: Dict[str, str] | Tuple[str, ...]) -> Dict[str, Any]:
+    pairs = names.items() if isinstance(names, dict) else zip(names, names)
+    return {arg: config[key] for arg, key in pairs}
 
 
 def build_sam(config: Dict[str, Any]):
@@ -162,45 +216,22 @@ def build_sam(config: Dict[str, Any]):
         TwoWayTransformer,
     )
 
-    c = config
-    grid = c["img_size"] // c["patch_size"]
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=c["img_size"],
-            patch_size=c["patch_size"],
-            in_chans=c["in_chans"],
-            embed_dim=c["embed_dim"],
-            depth=c["depth"],
-            num_heads=c["num_heads"],
-            mlp_ratio=c["mlp_ratio"],
-            out_chans=c["out_chans"],
-            qkv_bias=c["qkv_bias"],
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=c["use_rel_pos"],
-            window_size=c["window_size"],
-            global_attn_indexes=tuple(c["global_attn_indexes"]),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=c["decoder_dim"],
-            image_embedding_size=(grid, grid),
-            input_image_size=(c["img_size"], c["img_size"]),
-            mask_in_chans=c["mask_in_chans"],
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=c["num_multimask_outputs"],
-            transformer=TwoWayTransformer(
-                depth=c["decoder_depth"],
-                embedding_dim=c["decoder_dim"],
-                mlp_dim=c["decoder_mlp_dim"],
-                num_heads=c["decoder_heads"],
-            ),
-            transformer_dim=c["decoder_dim"],
-            iou_head_depth=c["iou_head_depth"],
-            iou_head_hidden_dim=c["iou_head_hidden_dim"],
-        ),
-        pixel_mean=PIXEL_MEAN,
-        pixel_std=PIXEL_STD,
+    size = config["img_size"]
+    grid = size // config["patch_size"]
+    encoder = ImageEncoderViT(
+        **_args(config, ENCODER_ARGS),
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        global_attn_indexes=tuple(config["global_attn_indexes"]),
     )
+    prompt_encoder = PromptEncoder(
+        embed_dim=config["decoder_dim"],
+        image_embedding_size=(grid, grid),
+        input_image_size=(size, size),
+        mask_in_chans=config["mask_in_chans"],
+    )
+    transformer = TwoWayTransformer(**_args(config, TRANSFORMER_ARGS))
+    decoder = MaskDecoder(transformer=transformer, **_args(config, DECODER_ARGS))
+    return Sam(encoder, prompt_encoder, decoder, pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD)
 
 
 def load_sam(path: str, device: str = "cpu") -> Tuple[Any, Dict[str, Any]]:

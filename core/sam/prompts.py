@@ -140,6 +140,108 @@ def predict(predictor, prompt: Prompt, window: Window, multimask: bool = True):
     return mask, float(scores[best]), stability
 
 
+def _localise(
+    prompts: Sequence[Prompt], grid: Grid, reporter: Reporter
+) -> Tuple[List[Prompt], List[Extent], int]:
+    """The prompts in processing pixels with their extents, and how many were skipped."""
+    local: List[Prompt] = []
+    extents: List[Extent] = []
+    skipped = 0
+    for prompt in prompts:
+        inside, ext, note = prompt_extent(prompt, grid)
+        if inside is None:
+            skipped += 1
+            reporter.warn(f"Prompt {prompt.id} skipped: {note}.")
+            continue
+        if note:
+            reporter.warn(f"Prompt {prompt.id}: {note}.")
+        local.append(inside)
+        extents.append(ext)
+    if not local:
+        raise MapSegError(
+            "No prompt lies inside the raster. Check that the prompt layer covers the raster "
+            "(and its CRS), or choose another raster."
+        )
+    return local, extents, skipped
+
+
+def _fields(with_group: bool, class_type: int | None) -> List[Tuple[str, int]]:
+    fields = [("prompt_id", ogr.OFTInteger)]
+    fields += [("group", ogr.OFTString)] if with_group else []
+    fields += [("class", class_type)] if class_type is not None else []
+    return fields + [("pred_iou", ogr.OFTReal), ("stability", ogr.OFTReal), ("area", ogr.OFTReal)]
+
+
+class _MaskBurner:
+    """Collects the masks (in memory, as polygons) to burn them onto the input grid at the end."""
+
+    def __init__(self) -> None:
+        self.ds = ogr.GetDriverByName("Memory").CreateDataSource("")
+        self.layer = self.ds.CreateLayer("m", None, ogr.wkbMultiPolygon)
+        self.layer.CreateField(ogr.FieldDefn("prompt_id", ogr.OFTInteger))
+
+    def add(self, prompt_id: int, geom: ogr.Geometry) -> None:
+        feature = ogr.Feature(self.layer.GetLayerDefn())
+        feature.SetField("prompt_id", int(prompt_id))
+        feature.SetGeometry(geom)
+        self.layer.CreateFeature(feature)
+
+    def write(self, dest: str, info, max_id: int) -> None:
+        """Each pixel of ``dest`` holds the prompt id of the mask covering it (0: none)."""
+        with OutputRaster(
+            dest,
+            info.width,
+            info.height,
+            smallest_int_type(max(int(max_id), 1)),
+            geotransform=info.geotransform,
+            projection=info.projection,
+            nodata=0,
+            descriptions=["prompt_id"],
+        ) as raster:
+            raster.band(1).Fill(0)
+            gdal.RasterizeLayer(raster.ds, [1], self.layer, options=["ATTRIBUTE=prompt_id"])
+            raster.commit()
+
+
+class _Features:
+    """Writes each prompt's mask as a feature (and keeps it for the mask raster)."""
+
+    def __init__(self, out: VectorWriter, burner, with_group, class_type, reporter) -> None:
+        self.out, self.burner, self.reporter = out, burner, reporter
+        self.with_group, self.with_class = with_group, class_type is not None
+        self.written = 0
+
+    def __call__(self, prompt: Prompt, geom, iou: float, stability: float) -> None:
+        if geom is None:
+            self.reporter.warn(f"Prompt {prompt.id}: SAM returned an empty mask.")
+            return
+        values = {"prompt_id": int(prompt.id), "pred_iou": iou, "stability": stability}
+        values["area"] = geom.GetArea()
+        if self.with_group:
+            values["group"] = prompt.group
+        if self.with_class:
+            values["class"] = prompt.value
+        self.out.add(geom, values)
+        self.written += 1
+        if self.burner is not None:
+            self.burner.add(prompt.id, geom)
+
+
+def _segment_window(
+    predictor, source: ImageSource, window: Window, local: Sequence[Prompt], emit, step
+) -> None:
+    """One image embedding for ``window``, then a mask per prompt it holds, handed to ``emit``."""
+    step.fraction(0.0)
+    predictor.set_image(source.read(window.rect, window.out_size))
+    step.fraction(0.5)
+    for j, i in enumerate(window.prompts):
+        step.fraction(0.5 + 0.5 * j / len(window.prompts))  # cancel between prompts
+        mask, iou, stability = predict(predictor, local[i], window)
+        gt = source.grid.rect_geotransform(window.rect, window.factor)
+        emit(local[i], mask_to_geometry(mask, gt), iou, stability)
+    step.fraction(1.0)
+
+
 @engine_call
 def segment_with_prompts(
     raster: str,
@@ -162,97 +264,33 @@ def segment_with_prompts(
     from segment_anything import SamPredictor
 
     reporter = reporter or Reporter()
-    check_destination(output, [raster])
-    if output_raster:
-        check_destination(output_raster, [raster])
+    for dest in filter(None, (output, output_raster)):
+        check_destination(dest, [raster])
     ds = open_raster(raster)
     bands = sam_bands(ds, bands)
     grid = make_grid(ds, pixel_size)
-    info = grid.info
-    local: List[Prompt] = []
-    extents: List[Extent] = []
-    skipped = 0
-    for prompt in prompts:
-        inside, ext, note = prompt_extent(prompt, grid)
-        if inside is None:
-            skipped += 1
-            reporter.warn(f"Prompt {prompt.id} skipped: {note}.")
-            continue
-        if note:
-            reporter.warn(f"Prompt {prompt.id}: {note}.")
-        local.append(inside)
-        extents.append(ext)
-    if not local:
-        raise MapSegError(
-            "No prompt lies inside the raster. Check that the prompt layer covers the raster "
-            "(and its CRS), or choose another raster."
-        )
+    local, extents, skipped = _localise(prompts, grid, reporter)
     size = int(sam.image_encoder.img_size)
     windows = plan_windows(extents, grid.width, grid.height, size)
     reporter.info(
         f"{len(local)} prompt(s) in {len(windows)} window(s) of up to {size} x {size} pixels; "
         f"one image embedding per window."
     )
-    source = ImageSource(ds, bands, grid)
-    predictor = SamPredictor(sam)
-    fields = [("prompt_id", ogr.OFTInteger)]
-    fields += [("group", ogr.OFTString)] if with_group else []
-    fields += [("class", class_type)] if class_type is not None else []
-    fields += [("pred_iou", ogr.OFTReal), ("stability", ogr.OFTReal), ("area", ogr.OFTReal)]
-    burn = ogr.GetDriverByName("Memory").CreateDataSource("") if output_raster else None
-    burn_layer = burn.CreateLayer("m", None, ogr.wkbMultiPolygon) if burn is not None else None
-    if burn_layer is not None:
-        burn_layer.CreateField(ogr.FieldDefn("prompt_id", ogr.OFTInteger))
-    written = 0
-    with VectorWriter(output, info.projection, ogr.wkbMultiPolygon, fields, layer_name) as out:
+    source, predictor = ImageSource(ds, bands, grid), SamPredictor(sam)
+    burner = _MaskBurner() if output_raster else None
+    fields = _fields(with_group, class_type)
+    with VectorWriter(output, grid.info.projection, ogr.wkbMultiPolygon, fields, layer_name) as out:
+        emit = _Features(out, burner, with_group, class_type, reporter)
         for k, window in enumerate(windows):
             step = reporter.sub(k / len(windows), (k + 1) / len(windows))
-            step.fraction(0.0)
-            predictor.set_image(source.read(window.rect, window.out_size))
-            step.fraction(0.5)
-            for j, i in enumerate(window.prompts):
-                step.fraction(0.5 + 0.5 * j / len(window.prompts))  # cancel between prompts
-                prompt = local[i]
-                mask, iou, stability = predict(predictor, prompt, window)
-                geom = mask_to_geometry(mask, grid.rect_geotransform(window.rect, window.factor))
-                if geom is None:
-                    reporter.warn(f"Prompt {prompt.id}: SAM returned an empty mask.")
-                    continue
-                values = {"prompt_id": int(prompt.id), "pred_iou": iou, "stability": stability}
-                values["area"] = geom.GetArea()
-                if with_group:
-                    values["group"] = prompt.group
-                if class_type is not None:
-                    values["class"] = prompt.value
-                out.add(geom, values)
-                written += 1
-                if burn_layer is not None:
-                    feature = ogr.Feature(burn_layer.GetLayerDefn())
-                    feature.SetField("prompt_id", int(prompt.id))
-                    feature.SetGeometry(geom)
-                    burn_layer.CreateFeature(feature)
-            step.fraction(1.0)
-        if output_raster:
-            _burn(output_raster, info, burn_layer, max((p.id for p in local), default=1))
+            _segment_window(predictor, source, window, local, emit, step)
+        if burner is not None:
+            burner.write(output_raster, grid.info, max((p.id for p in local), default=1))
         out.commit()
     predictor.reset_image()
-    return {"prompts": len(local), "skipped": skipped, "windows": len(windows), "features": written}
-
-
-def _burn(dest: str, info, layer: ogr.Layer, max_id: int) -> None:
-    """The masks on the input grid: each pixel holds the prompt id of the mask covering it."""
-    gdal_type = smallest_int_type(max(int(max_id), 1))
-    with OutputRaster(
-        dest,
-        info.width,
-        info.height,
-        gdal_type,
-        geotransform=info.geotransform,
-        projection=info.projection,
-        nodata=0,
-        descriptions=["prompt_id"],
-    ) as raster:
-        band = raster.band(1)
-        band.Fill(0)
-        gdal.RasterizeLayer(raster.ds, [1], layer, options=["ATTRIBUTE=prompt_id"])
-        raster.commit()
+    return {
+        "prompts": len(local),
+        "skipped": skipped,
+        "windows": len(windows),
+        "features": emit.written,
+    }
