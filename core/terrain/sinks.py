@@ -1,20 +1,11 @@
 """Topographic sinks: how deep water stands in each depression of a DEM (filled DEM - DEM).
 
-Whitebox's priority-flood fill (``fill_depressions_wang_and_liu`` with ``fix_flats=False``)
-does the heavy lifting. Three facts about whitebox-workflows 2.0 shape the code around it:
-
-- it reads predictor-compressed GeoTIFFs (PREDICTOR=2/3) as garbage, silently, so the DEM is
-  always handed over as an uncompressed GeoTIFF written here by GDAL;
-- it drains only across the grid edge, never into interior nodata; ``fill_depressions`` (the
-  pit-driven tool) does not even drain across the edge unless a lower cell is reachable, and
-  is pathologically slow on noisy DEMs, hence the Wang & Liu tool;
-- its in-memory numpy bridge is slower than a file round trip.
-
 Hydrology here: water leaves the grid across its edge and into nodata cells. The DEM is padded
 by one ring of a value below its minimum and nodata cells get that value too, so nodata touching
 the edge drains to the ring. Nodata holes inside the DEM would be filled as pits; cells whose fill
 depends on such a hole are recomputed exactly by grayscale reconstruction (scikit-image) with the
-holes as outlets. The fill is a whole-raster operation, so the DEM is held in memory (float64).
+holes as outlets (``fill.py``). The fill is a whole-raster operation, so the DEM is held in
+memory (float64).
 """
 
 from __future__ import annotations
@@ -24,6 +15,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 from osgeo import gdal, ogr
@@ -43,8 +35,8 @@ from ..io.raster import (
     windows,
 )
 from ..progress import Reporter
+from .fill import EIGHT, drain_interior_holes, whitebox_fill
 
-EIGHT = np.ones((3, 3), dtype=bool)  # D8: water moves to diagonal neighbours too
 SINK_FIELDS = ("sink_id", "max_depth", "mean_depth", "area", "volume")
 
 
@@ -93,77 +85,42 @@ def pixel_areas(info: RasterInfo, row0: int, nrows: int) -> np.ndarray:
     return element * info.pixel_area * to_rad * to_rad
 
 
-# -- the fill ----------------------------------------------------------------------------------
-
-
-def whitebox_fill(padded: np.ndarray, workdir: str) -> np.ndarray:
-    """Priority-flood fill of ``padded`` by Whitebox; the outlets are the grid edge only."""
-    import whitebox_workflows as wbw
-
-    src = os.path.join(workdir, "dem.tif")
-    out = os.path.join(workdir, "filled.tif")
-    rows, cols = padded.shape
-    ds = gdal.GetDriverByName("GTiff").Create(src, cols, rows, 1, gdal.GDT_Float64)
-    ds.SetGeoTransform([0.0, 1.0, 0.0, float(rows), 0.0, -1.0])
-    band = ds.GetRasterBand(1)
-    # Whitebox assumes -9999 when a file declares no nodata: declare one no cell holds.
-    band.SetNoDataValue(float(padded[0, 0]) - 1.0)
-    band.WriteArray(padded)
-    ds = band = None
-    wbe = wbw.WbEnvironment()
-    wbe.verbose = False
-    try:
-        dem = wbe.read_raster(src)
-        filled = wbe.hydrology.fill_depressions_wang_and_liu(dem=dem, fix_flats=False)
-        wbe.write_raster(filled, out, options={"compress": False})
-    except Exception as err:  # whitebox raises OSError/RuntimeError/ValueError alike
-        raise MapSegError(f"Whitebox could not fill the DEM's depressions: {err}") from None
-    ds = gdal.Open(out)
-    result = ds.GetRasterBand(1).ReadAsArray().astype(np.float64, copy=False)
-    ds = None
-    if result.shape != padded.shape:
-        raise MapSegError("Whitebox returned a raster of another size; check its installation.")
-    return result
-
-
-def drain_interior_holes(filled: np.ndarray, z: np.ndarray, nodata: np.ndarray) -> int:
-    """Make nodata holes inside the DEM outlets: fix in place the cells whose fill they lower.
-
-    ``z`` holds the padded DEM with every nodata cell and the ring at the low outlet value;
-    ``filled`` its fill with the grid edge as the only outlet, where holes are pits. A cell whose
-    true fill is lower is raised in ``filled`` and joined to a hole through raised cells, so only
-    those components are recomputed, by reconstruction by erosion with the holes fixed at their
-    low value (exact: the same minimax-path fill with holes as outlets). Returns cells changed.
-    """
-    from scipy import ndimage
-
-    labels, _ = ndimage.label(nodata, structure=EIGHT)
-    outer = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    holes = nodata & ~np.isin(labels, outer)
-    if not holes.any():
-        return 0
-    try:
-        from skimage.morphology import reconstruction
-    except ImportError:
-        raise MapSegError(
-            "This DEM has nodata holes inside it; draining water into them needs the Python "
-            "package scikit-image. Install it (python3 -m pip install scikit-image)."
-        ) from None
-    labels, _ = ndimage.label((filled > z) | holes, structure=EIGHT)
-    touched = np.isin(labels, np.unique(labels[holes]))
-    rows, cols = np.nonzero(touched)
-    r0, r1 = max(rows.min() - 1, 0), min(rows.max() + 2, z.shape[0])
-    c0, c1 = max(cols.min() - 1, 0), min(cols.max() + 2, z.shape[1])
-    box = filled[r0:r1, c0:c1]
-    # The holes' own fill (their spill level) is dropped: they are outlets, fixed at their value.
-    seed = np.where(holes[r0:r1, c0:c1], z[r0:r1, c0:c1], box)
-    fixed = reconstruction(seed, z[r0:r1, c0:c1], method="erosion", footprint=EIGHT)
-    changed = int(np.count_nonzero(fixed < box))
-    filled[r0:r1, c0:c1] = np.minimum(box, fixed)
-    return changed
-
-
 # -- the algorithm -----------------------------------------------------------------------------
+
+
+@dataclass
+class Dem:
+    """The DEM padded by one ring: ``z`` float64 with the ring and nodata at an outlet value
+    below every datum, ``invalid`` true on the ring and on nodata cells."""
+
+    info: RasterInfo
+    band: int
+    nodata: float | None
+    z: np.ndarray
+    invalid: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Data cells of the unpadded grid."""
+        return ~self.invalid[1:-1, 1:-1]
+
+    @property
+    def inner(self) -> np.ndarray:
+        """Elevations of the unpadded grid (a view)."""
+        return self.z[1:-1, 1:-1]
+
+
+def _check_request(src, dests, max_depth, min_depth, min_area) -> None:
+    """Refuse bad options and destinations before any work."""
+    if max_depth is not None and not max_depth > 0:
+        raise MapSegError("MAX_DEPTH must be greater than 0 (leave it empty for no cap).")
+    if min_depth < 0 or min_area < 0:
+        raise MapSegError("MIN_DEPTH and MIN_AREA must be zero or positive.")
+    dests = [d for d in dests if d]
+    for dest in dests:
+        check_destination(dest, [src])
+    if len({os.path.abspath(d) for d in dests}) < len(dests):
+        raise MapSegError("Two outputs have the same file name. Give each output its own file.")
 
 
 def _read_dem(ds, band: gdal.Band, info: RasterInfo, nodata, reporter: Reporter):
@@ -178,6 +135,52 @@ def _read_dem(ds, band: gdal.Band, info: RasterInfo, nodata, reporter: Reporter)
         invalid[y + 1 : y + 1 + h, x + 1 : x + 1 + w] = ~valid_mask(arr, nodata)
         reporter.fraction((i + 1) / len(wins))
     return padded, invalid
+
+
+def load_dem(src: str, band: int, reporter: Reporter) -> Dem:
+    """Read band ``band`` of ``src`` padded, with every outlet set below the lowest datum."""
+    ds = open_raster(src)
+    dem_band = check_band(ds, band)
+    info = raster_info(ds)
+    nodata = info.nodata[band - 1]
+    if not info.georeferenced:
+        reporter.warn(
+            "The DEM has no georeferencing: it is processed in pixel space (areas in pixels)."
+        )
+    z, invalid = _read_dem(ds, dem_band, info, nodata, reporter)
+    ds = None
+    dem = Dem(info, band, nodata, z, invalid)
+    if not dem.valid.any():
+        raise MapSegError(f"Band {band} of the DEM holds only nodata. Choose a DEM with data.")
+    z[invalid] = float(z[~invalid].min()) - 1.0  # the ring and every nodata cell: outlets
+    return dem
+
+
+def fill_dem(dem: Dem, reporter: Reporter) -> np.ndarray:
+    """The padded filled surface: Whitebox's fill, then the interior holes made outlets."""
+    info = dem.info
+    reporter.info(f"Filling the depressions of a {info.width} x {info.height} DEM (Whitebox).")
+    workdir = tempfile.mkdtemp(prefix="mapseg-sinks-")
+    try:
+        filled = whitebox_fill(dem.z, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    reporter.fraction(0.9)
+    if not dem.valid.all():
+        changed = drain_interior_holes(filled, dem.z, dem.invalid)
+        if changed:
+            reporter.info(f"{changed} cells drain into nodata holes inside the DEM.")
+    reporter.fraction(1.0)
+    return filled
+
+
+def sink_depth(dem: Dem, filled: np.ndarray, max_depth, min_depth):
+    """(depth of every cell, capped at ``max_depth``; mask of sink cells deeper than
+    ``min_depth``)."""
+    depth = filled[1:-1, 1:-1] - dem.inner
+    if max_depth is not None:
+        np.minimum(depth, max_depth, out=depth)
+    return depth, dem.valid & (depth > min_depth)
 
 
 def _output_nodata(nodata, gdal_type: int, invalid_cells: bool) -> float | None:
@@ -206,14 +209,53 @@ def _write(dest, arr, info: RasterInfo, gdal_type, nodata, reporter: Reporter) -
         return out.commit()
 
 
-def _sink_polygons(dest, depth, mask, info: RasterInfo, min_area, reporter: Reporter) -> int:
-    """One (multi)polygon per 8-connected sink with its depth, area and volume statistics."""
+def depth_raster(dem: Dem, depth, mask, reporter: Reporter) -> Tuple[np.ndarray, float | None]:
+    """The depth output: depth on sink cells, 0 elsewhere, the output nodata on nodata."""
+    valid = dem.valid
+    out_nodata = _output_nodata(dem.nodata, gdal.GDT_Float32, not valid.all())
+    if out_nodata is not None and out_nodata >= 0:
+        reporter.warn(f"The DEM's nodata value {out_nodata:g} is a possible depth: using -9999.")
+        out_nodata = -9999.0
+    result = np.where(mask, depth, 0.0)
+    if out_nodata is not None:
+        result[~valid] = out_nodata
+    return result, out_nodata
+
+
+def _write_filled(dest, dem: Dem, depth, reporter: Reporter) -> str:
+    """The filled DEM in the DEM's float precision (Float64 stays Float64)."""
+    info, valid = dem.info, dem.valid
+    ftype = gdal.GDT_Float64 if info.dtypes[dem.band - 1] == "Float64" else gdal.GDT_Float32
+    fill_nodata = _output_nodata(dem.nodata, ftype, not valid.all())
+    surface = dem.inner + depth
+    if fill_nodata is not None:
+        surface[~valid] = fill_nodata
+    return _write(dest, surface, info, ftype, fill_nodata, reporter)
+
+
+def _summary(dem: Dem, result, mask, paths, sinks: int) -> SinkResult:
+    info = dem.info
+    pa = pixel_areas(info, 0, info.height)
+    geographic = info.georeferenced and info.is_geographic
+    depth_path, filled_path, sinks_path = paths
+    return SinkResult(
+        depth_path=depth_path,
+        filled_path=filled_path,
+        sinks_path=os.path.abspath(sinks_path) if sinks_path else None,
+        sink_cells=int(mask.sum()),
+        sinks=sinks,
+        max_depth=float(result[mask].max()) if mask.any() else 0.0,
+        volume=float((np.where(mask, result, 0.0) * pa).sum()),
+        area_unit="m²" if geographic else ("map units²" if info.georeferenced else "pixels"),
+    )
+
+
+def _sink_stats(depth, mask, info: RasterInfo, min_area):
+    """Label 8-connected sinks; per kept sink (area >= ``min_area``) its statistics, and the
+    label raster renumbered 1..n in raster scan order (0: not a kept sink)."""
     from scipy import ndimage
 
-    from ..io.vector import VectorWriter, split_destination
-
     labels, count = ndimage.label(mask, structure=EIGHT)
-    reporter.fraction(0.1)
     lab = labels[mask]
     d = depth[mask]
     pa = np.broadcast_to(pixel_areas(info, 0, info.height), mask.shape)[mask]
@@ -224,11 +266,23 @@ def _sink_polygons(dest, depth, mask, info: RasterInfo, min_area, reporter: Repo
         top[:] = ndimage.maximum(d, lab, index=np.arange(count + 1))
     keep = np.flatnonzero(area >= min_area)
     keep = keep[keep > 0]
-    new_id = np.zeros(count + 1, dtype=np.int32)  # sink_id: 1..n in raster scan order
+    new_id = np.zeros(count + 1, dtype=np.int32)
     new_id[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
-    labels = new_id[labels]
-    reporter.fraction(0.3)
-    # Polygonize 4-connected pieces, then join the pieces of each 8-connected sink.
+    rows = [
+        {
+            "sink_id": i + 1,
+            "max_depth": float(top[old]),
+            "mean_depth": float(volume[old] / area[old]) if area[old] > 0 else 0.0,
+            "area": float(area[old]),
+            "volume": float(volume[old]),
+        }
+        for i, old in enumerate(keep)
+    ]
+    return new_id[labels], rows
+
+
+def _pieces(labels: np.ndarray, info: RasterInfo) -> dict:
+    """Polygons of the 4-connected pieces of each label value: {value: [polygon, ...]}."""
     mem = gdal.GetDriverByName("MEM").Create("", info.width, info.height, 1, gdal.GDT_Int32)
     mem.SetGeoTransform(list(info.geotransform))
     mem.GetRasterBand(1).WriteArray(labels)
@@ -237,29 +291,33 @@ def _sink_polygons(dest, depth, mask, info: RasterInfo, min_area, reporter: Repo
     layer.CreateField(ogr.FieldDefn("id", ogr.OFTInteger))
     band = mem.GetRasterBand(1)
     gdal.Polygonize(band, band, layer, 0, [])
-    reporter.fraction(0.7)
     parts: dict = {}
     for feature in layer:
         parts.setdefault(feature.GetField(0), []).append(feature.GetGeometryRef().Clone())
+    return parts
+
+
+def _sink_polygons(dest, depth, mask, info: RasterInfo, min_area, reporter: Reporter) -> int:
+    """One (multi)polygon per 8-connected sink with its depth, area and volume statistics."""
+    from ..io.vector import VectorWriter, split_destination
+
+    labels, rows = _sink_stats(depth, mask, info, min_area)
+    reporter.fraction(0.3)
+    # Polygonize 4-connected pieces, then join the pieces of each 8-connected sink.
+    parts = _pieces(labels, info)
+    reporter.fraction(0.7)
     path, layer_name = split_destination(dest)
     fields = [("sink_id", ogr.OFTInteger)] + [(n, ogr.OFTReal) for n in SINK_FIELDS[1:]]
     with VectorWriter(path, info.projection, ogr.wkbMultiPolygon, fields, layer_name) as out:
-        for i, old in enumerate(keep):
+        for row in rows:
             reporter.check()
             geom = ogr.Geometry(ogr.wkbMultiPolygon)
-            for piece in parts.get(i + 1, ()):
+            for piece in parts.get(row["sink_id"], ()):
                 geom.AddGeometry(piece)
-            values = {
-                "sink_id": i + 1,
-                "max_depth": float(top[old]),
-                "mean_depth": float(volume[old] / area[old]) if area[old] > 0 else 0.0,
-                "area": float(area[old]),
-                "volume": float(volume[old]),
-            }
-            out.add(geom, values)
+            out.add(geom, row)
         out.commit()
     reporter.fraction(1.0)
-    return int(keep.size)
+    return len(rows)
 
 
 @engine_call
@@ -281,85 +339,24 @@ def topographic_sinks(
     cells at least ``min_area`` large. ``max_depth`` caps each cell's depth.
     """
     reporter = reporter or Reporter()
-    if max_depth is not None and not max_depth > 0:
-        raise MapSegError("MAX_DEPTH must be greater than 0 (leave it empty for no cap).")
-    if min_depth < 0 or min_area < 0:
-        raise MapSegError("MIN_DEPTH and MIN_AREA must be zero or positive.")
     sinks_path = split_sinks_path(sinks_dest)
-    dests = [d for d in (depth_dest, filled_dest, sinks_path) if d]
-    for dest in dests:
-        check_destination(dest, [src])
-    if len({os.path.abspath(d) for d in dests}) < len(dests):
-        raise MapSegError("Two outputs have the same file name. Give each output its own file.")
-    ds = open_raster(src)
-    dem_band = check_band(ds, band)
-    info = raster_info(ds)
-    nodata = info.nodata[band - 1]
-    if not info.georeferenced:
-        reporter.warn(
-            "The DEM has no georeferencing: it is processed in pixel space (areas in pixels)."
-        )
-    z, invalid = _read_dem(ds, dem_band, info, nodata, reporter.sub(0.0, 0.1))
-    ds = None
-    valid_inner = ~invalid[1:-1, 1:-1]
-    if not valid_inner.any():
-        raise MapSegError(f"Band {band} of the DEM holds only nodata. Choose a DEM with data.")
-    low = float(z[~invalid].min()) - 1.0
-    z[invalid] = low  # the ring and every nodata cell: outlets below all data
-    reporter.info(f"Filling the depressions of a {info.width} x {info.height} DEM (Whitebox).")
-    workdir = tempfile.mkdtemp(prefix="mapseg-sinks-")
-    try:
-        filled = whitebox_fill(z, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    reporter.fraction(0.6)
-    if invalid[1:-1, 1:-1].any():
-        changed = drain_interior_holes(filled, z, invalid)
-        if changed:
-            reporter.info(f"{changed} cells drain into nodata holes inside the DEM.")
-    reporter.fraction(0.65)
-    dem = z[1:-1, 1:-1]
-    depth = filled[1:-1, 1:-1] - dem
+    _check_request(src, (depth_dest, filled_dest, sinks_path), max_depth, min_depth, min_area)
+    dem = load_dem(src, band, reporter.sub(0.0, 0.1))
+    filled = fill_dem(dem, reporter.sub(0.1, 0.65))
+    depth, mask = sink_depth(dem, filled, max_depth, min_depth)
     del filled
-    if max_depth is not None:
-        np.minimum(depth, max_depth, out=depth)
-    mask = valid_inner & (depth > min_depth)
-    out_nodata = _output_nodata(nodata, gdal.GDT_Float32, not valid_inner.all())
-    if out_nodata is not None and out_nodata >= 0:
-        reporter.warn(f"The DEM's nodata value {out_nodata:g} is a possible depth: using -9999.")
-        out_nodata = -9999.0
-    result = np.where(mask, depth, 0.0)
-    if out_nodata is not None:
-        result[~valid_inner] = out_nodata
+    result, out_nodata = depth_raster(dem, depth, mask, reporter)
+    info = dem.info
     depth_path = _write(
         depth_dest, result, info, gdal.GDT_Float32, out_nodata, reporter.sub(0.65, 0.8)
     )
     filled_path = None
     if filled_dest:
-        ftype = gdal.GDT_Float64 if info.dtypes[band - 1] == "Float64" else gdal.GDT_Float32
-        fill_nodata = _output_nodata(nodata, ftype, not valid_inner.all())
-        surface = dem + depth
-        if fill_nodata is not None:
-            surface[~valid_inner] = fill_nodata
-        filled_path = _write(
-            filled_dest, surface, info, ftype, fill_nodata, reporter.sub(0.8, 0.85)
-        )
-        del surface
+        filled_path = _write_filled(filled_dest, dem, depth, reporter.sub(0.8, 0.85))
     sinks = 0
     if sinks_path:
         sinks = _sink_polygons(sinks_dest, result, mask, info, min_area, reporter.sub(0.85, 1.0))
-    pa = pixel_areas(info, 0, info.height)
-    geographic = info.georeferenced and info.is_geographic
-    return SinkResult(
-        depth_path=depth_path,
-        filled_path=filled_path,
-        sinks_path=os.path.abspath(sinks_path) if sinks_path else None,
-        sink_cells=int(mask.sum()),
-        sinks=sinks,
-        max_depth=float(result[mask].max()) if mask.any() else 0.0,
-        volume=float((np.where(mask, result, 0.0) * pa).sum()),
-        area_unit="m²" if geographic else ("map units²" if info.georeferenced else "pixels"),
-    )
+    return _summary(dem, result, mask, (depth_path, filled_path, sinks_path), sinks)
 
 
 def split_sinks_path(dest: str | None) -> str | None:

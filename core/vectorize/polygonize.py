@@ -21,6 +21,7 @@ from osgeo import gdal, ogr, osr
 from ..errors import CanceledError, MapSegError
 from ..io.gdal_errors import engine_call
 from ..io.raster import (
+    RasterInfo,
     block_size,
     check_band,
     check_destination,
@@ -164,6 +165,108 @@ def pixel_threshold(min_area: float, ds: gdal.Dataset, srs: osr.SpatialReference
     return max(1, math.ceil(round(min_area / pixel_area, 9)))
 
 
+@dataclass
+class ClassBand:
+    """The opened class raster: keep ``ds`` alive as long as ``band`` is used."""
+
+    ds: gdal.Dataset
+    band: gdal.Band
+    info: RasterInfo
+    srs: osr.SpatialReference | None
+    nodata: float | None
+    colors: dict
+    names: dict
+
+
+def open_class_band(src: str, band: int) -> ClassBand:
+    ds = open_raster(src)
+    src_band = check_band(ds, band)
+    if gdal.DataTypeIsComplex(src_band.DataType):
+        raise MapSegError("The class band is complex-valued; choose an integer class raster.")
+    info = raster_info(ds)
+    colors, names = read_classes(src_band)
+    return ClassBand(ds, src_band, info, info.srs(), info.nodata[band - 1], colors, names)
+
+
+def _progress_spans(reporter: Reporter, scan: bool, sieve: bool) -> Dict[str, Reporter]:
+    """Progress weights: the scan and sieve read the raster once each; polygonize builds
+    rings; the write measures every polygon."""
+    steps = [("scan", 1.0 if scan else 0.0), ("sieve", 2.0 if sieve else 0.0)]
+    steps += [("polygonize", 4.0), ("write", 2.0)]
+    total, acc, spans = sum(w for _, w in steps), 0.0, {}
+    for name, w in steps:
+        spans[name] = reporter.sub(acc / total, (acc + w) / total)
+        acc += w
+    return spans
+
+
+def _mask_band(classes: ClassBand, ignore, scan: bool, tmp: str, reporter: Reporter):
+    """(mask dataset to keep alive or None, mask band or None for all valid)."""
+    if scan:
+        mask_ds, kept = _scan_and_mask(
+            classes.band,
+            classes.nodata,
+            ignore,
+            os.path.join(tmp, "mask.tif"),
+            classes.ds,
+            reporter,
+        )
+        if kept == 0:
+            raise _empty_error(ignore, classes.nodata)
+        return mask_ds, mask_ds.GetRasterBand(1)
+    if classes.band.GetMaskFlags() & gdal.GMF_ALL_VALID:
+        return None, None
+    return None, classes.band.GetMaskBand()  # GDAL's nodata mask, computed block by block
+
+
+def _sieved(classes: ClassBand, mask, threshold, eight, tmp, reporter):
+    """(dataset to keep alive or None, the class band with small patches merged away)."""
+    if threshold <= 1:
+        return None, classes.band
+    sieve_ds = _temp_raster(os.path.join(tmp, "sieved.tif"), classes.ds, gdal.GDT_Int32)
+    out = sieve_ds.GetRasterBand(1)
+    reporter.info(f"Merging patches smaller than {threshold} pixels into neighbours.")
+    _run_gdal(
+        reporter,
+        "merging small patches",
+        gdal.SieveFilter,
+        classes.band,
+        mask,
+        out,
+        threshold,
+        8 if eight else 4,
+    )
+    return sieve_ds, out
+
+
+def _polygonize_to_file(band, mask, srs, eight, path: str, reporter: Reporter) -> int:
+    """gdal.Polygonize into a FlatGeobuf file; returns the polygon count."""
+    vds = ogr.GetDriverByName("FlatGeobuf").CreateDataSource(path)
+    vlayer = vds.CreateLayer("polygons", srs, ogr.wkbPolygon, ["SPATIAL_INDEX=NO"])
+    vlayer.CreateField(ogr.FieldDefn("class", ogr.OFTInteger))
+    options = ["8CONNECTED=8"] if eight else []
+    _run_gdal(reporter, "polygonizing", gdal.Polygonize, band, mask, vlayer, 0, options)
+    count = vlayer.GetFeatureCount()
+    vlayer = None
+    vds = None  # closing writes the FlatGeobuf header
+    return count
+
+
+def _write_output(polygons_path, dest, layer_name, classes: ClassBand, options, reporter):
+    """Measure (and simplify or dissolve) the polygons into the destination; returns
+    ({class: (polygons, area)}, written layer name)."""
+    simplify, dissolve, count = options
+    vds = ogr.Open(polygons_path)
+    polygons = vds.GetLayer(0)
+    geom_type = ogr.wkbMultiPolygon if dissolve else ogr.wkbPolygon
+    with VectorWriter(dest, classes.info.projection, geom_type, FIELDS, layer_name) as writer:
+        write = _write_dissolved if dissolve else _write_polygons
+        stats = write(vds, polygons, writer, classes.srs, simplify, classes.names, count, reporter)
+        polygons = vds = None
+        writer.commit()
+    return stats, writer.layer_name
+
+
 @engine_call
 def polygonize_classes(
     src: str,
@@ -183,93 +286,40 @@ def polygonize_classes(
         raise MapSegError("MIN_AREA and SIMPLIFY must be zero or positive.")
     dest, layer_name = split_destination(dest)
     dest = check_destination(dest, [src])
-    ds = open_raster(src)
-    src_band = check_band(ds, band)
-    if gdal.DataTypeIsComplex(src_band.DataType):
-        raise MapSegError("The class band is complex-valued; choose an integer class raster.")
-    info = raster_info(ds)
-    srs = info.srs()
-    nodata = info.nodata[band - 1]
-    colors, names = read_classes(src_band)
-    threshold = pixel_threshold(min_area, ds, srs)
-    scan = bool(ignore) or src_band.DataType not in EXACT_TYPES
-    # Progress weights: the scan and sieve read the raster once each; polygonize builds rings.
-    steps = [("scan", 1.0 if scan else 0.0), ("sieve", 2.0 if threshold > 1 else 0.0)]
-    steps += [("polygonize", 4.0), ("write", 2.0)]
-    total, acc, spans = sum(w for _, w in steps), 0.0, {}
-    for name, w in steps:
-        spans[name] = reporter.sub(acc / total, (acc + w) / total)
-        acc += w
-
-    folder = os.path.dirname(dest)
-    with tempfile.TemporaryDirectory(prefix=".mapseg-polygonize-", dir=folder) as tmp:
-        mask_ds = None
-        if scan:
-            mask_ds, kept = _scan_and_mask(
-                src_band, nodata, ignore, os.path.join(tmp, "mask.tif"), ds, spans["scan"]
-            )
-            if kept == 0:
-                raise _empty_error(ignore, nodata)
-            mask = mask_ds.GetRasterBand(1)
-        elif src_band.GetMaskFlags() & gdal.GMF_ALL_VALID:
-            mask = None
-        else:
-            mask = src_band.GetMaskBand()  # GDAL's nodata mask, computed block by block
-
-        classes_band = src_band
-        if threshold > 1:
-            sieve_ds = _temp_raster(os.path.join(tmp, "sieved.tif"), ds, gdal.GDT_Int32)
-            classes_band = sieve_ds.GetRasterBand(1)
-            reporter.info(f"Merging patches smaller than {threshold} pixels into neighbours.")
-            _run_gdal(
-                spans["sieve"],
-                "merging small patches",
-                gdal.SieveFilter,
-                src_band,
-                mask,
-                classes_band,
-                threshold,
-                8 if eight_connected else 4,
-            )
-
-        tmp_vec = os.path.join(tmp, "polygons.fgb")
-        vds = ogr.GetDriverByName("FlatGeobuf").CreateDataSource(tmp_vec)
-        vlayer = vds.CreateLayer("polygons", srs, ogr.wkbPolygon, ["SPATIAL_INDEX=NO"])
-        vlayer.CreateField(ogr.FieldDefn("class", ogr.OFTInteger))
-        options = ["8CONNECTED=8"] if eight_connected else []
-        _run_gdal(
-            spans["polygonize"],
-            "polygonizing",
-            gdal.Polygonize,
-            classes_band,
-            mask,
-            vlayer,
-            0,
-            options,
+    classes = open_class_band(src, band)
+    threshold = pixel_threshold(min_area, classes.ds, classes.srs)
+    scan = bool(ignore) or classes.band.DataType not in EXACT_TYPES
+    spans = _progress_spans(reporter, scan, threshold > 1)
+    with tempfile.TemporaryDirectory(
+        prefix=".mapseg-polygonize-", dir=os.path.dirname(dest)
+    ) as tmp:
+        mask_ds, mask = _mask_band(classes, ignore, scan, tmp, spans["scan"])
+        sieve_ds, class_band = _sieved(
+            classes, mask, threshold, eight_connected, tmp, spans["sieve"]
         )
-        count = vlayer.GetFeatureCount()
-        vlayer = None
-        vds = None  # closing writes the FlatGeobuf header
-        classes_band = sieve_ds = mask = mask_ds = None
+        tmp_vec = os.path.join(tmp, "polygons.fgb")
+        count = _polygonize_to_file(
+            class_band, mask, classes.srs, eight_connected, tmp_vec, spans["polygonize"]
+        )
+        del class_band, mask, sieve_ds, mask_ds  # close the scratch rasters before cleanup
         if count == 0:
-            raise _empty_error(ignore, nodata)
-
-        vds = ogr.Open(tmp_vec)
-        polygons = vds.GetLayer(0)
-        geom_type = ogr.wkbMultiPolygon if dissolve else ogr.wkbPolygon
-        with VectorWriter(dest, info.projection, geom_type, FIELDS, layer_name) as writer:
-            write = _write_dissolved if dissolve else _write_polygons
-            stats = write(vds, polygons, writer, srs, simplify, names, count, spans["write"])
-            polygons = vds = None
-            writer.commit()
+            raise _empty_error(ignore, classes.nodata)
+        stats, written = _write_output(
+            tmp_vec, dest, layer_name, classes, (simplify, dissolve, count), spans["write"]
+        )
     reporter.fraction(1.0)
+    return _result(dest, written, classes, stats, count if not dissolve else len(stats))
+
+
+def _result(dest, layer_name, classes: ClassBand, stats, features) -> PolygonizeResult:
+    srs = classes.srs
     return PolygonizeResult(
         path=dest,
-        features=len(stats) if dissolve else count,
-        layer_name=writer.layer_name,
+        features=features,
+        layer_name=layer_name,
         classes=stats,
-        colors={k: v for k, v in colors.items() if k in stats},
-        names={k: v for k, v in names.items() if k in stats},
+        colors={k: v for k, v in classes.colors.items() if k in stats},
+        names={k: v for k, v in classes.names.items() if k in stats},
         area_unit="m²" if srs is not None and srs.IsGeographic() else "map units²",
     )
 
