@@ -104,29 +104,10 @@ def fit_segments(
     tiles = sample_tiles(grid, window, MAX_SAMPLE_TILES)
     per_tile = max(k, MAX_SAMPLES // max(len(tiles), 1))
     rng = np.random.default_rng(0)
-    wx, wy, ww, wh = window
-    t = grid.tile
     feats, bright = [], []
-
     for start in range(0, len(tiles), batch):
         chunk = tiles[start : start + batch]
-        x = np.empty((len(chunk), n_bands, t, t), np.float32)
-        keep = np.zeros((len(chunk), t, t), bool)
-        for n, (i, j) in enumerate(chunk):
-            tx, ty, _, _ = grid.tile_window(i, j)
-            _, ok = reader.read((tx, ty, t, t), out=x[n])  # nodata zeroed, as in pass 2
-            inside = np.zeros((t, t), bool)
-            # inside the window (which lies inside the raster): real pixels only, no padding
-            inside[
-                max(wy - ty, 0) : max(wy + wh - ty, 0), max(wx - tx, 0) : max(wx + ww - tx, 0)
-            ] = 1
-            ok &= inside
-            # Pixels within the overlap of a tile's edge lack context (padding artefacts, and
-            # pass 2 blends them down); sample the tile's interior when it has valid pixels.
-            inner = np.zeros((t, t), bool)
-            m = grid.overlap
-            inner[m : t - m, m : t - m] = True
-            keep[n] = ok & inner if (ok & inner).any() else ok
+        x, keep = _read_sample_tiles(reader, grid, window, chunk)
         emb = forward(x)
         for n in range(len(chunk)):
             idx = np.flatnonzero(keep[n].ravel())
@@ -146,6 +127,28 @@ def fit_segments(
     segmenter = Segmenter.fit(samples, k, np.concatenate(bright))
     reporter.fraction(1.0)
     return segmenter
+
+
+def _read_sample_tiles(reader: BandWindows, grid: TileGrid, window: Window, chunk: list):
+    """(normalised tiles, pixels to sample) for the tiles ``chunk`` of pass 1."""
+    t, n_bands = grid.tile, len(reader.bands)
+    wx, wy, ww, wh = window
+    x = np.empty((len(chunk), n_bands, t, t), np.float32)
+    keep = np.zeros((len(chunk), t, t), bool)
+    for n, (i, j) in enumerate(chunk):
+        tx, ty, _, _ = grid.tile_window(i, j)
+        _, ok = reader.read((tx, ty, t, t), out=x[n])  # nodata zeroed, as in pass 2
+        inside = np.zeros((t, t), bool)
+        # inside the window (which lies inside the raster): real pixels only, no padding
+        inside[max(wy - ty, 0) : max(wy + wh - ty, 0), max(wx - tx, 0) : max(wx + ww - tx, 0)] = 1
+        ok &= inside
+        # Pixels within the overlap of a tile's edge lack context (padding artefacts, and
+        # pass 2 blends them down); sample the tile's interior when it has valid pixels.
+        inner = np.zeros((t, t), bool)
+        m = grid.overlap
+        inner[m : t - m, m : t - m] = True
+        keep[n] = ok & inner if (ok & inner).any() else ok
+    return x, keep
 
 
 def distances(segmenter: Segmenter, emb: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ The output is a sparse tiled GeoTIFF: blocks away from the points are never writ
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Dict, List, Sequence, Tuple
 
@@ -30,101 +29,14 @@ from ..io.normalize import band_stats
 from ..io.raster import OutputRaster, open_raster, raster_info, smallest_int_type
 from ..io.windows import BandWindows
 from ..progress import Reporter
+from .pointwindows import HALO, MAX_CORE_CELLS, REACH, Box, plan_windows  # noqa: F401
 
 METHODS = ("slic", "felzenszwalb", "watershed")
-REACH = 2  # a point's label spreads at most ~REACH superpixel sizes (its superpixel's extent)
-HALO = 1  # superpixel sizes of context around a core, so superpixels at its edge are whole
-MAX_CORE_CELLS = 2048 * 2048  # bounds memory per window (bands x cells x 4 bytes)
 SLIC_ITERATIONS = 10
 # colour difference (bands in 0..1) worth one superpixel of distance. 0.3 keeps superpixels near
 # size x size: on the NC Landsat sample it beat 0.1 on agreement with the reference map (0.71 vs
 # 0.67) and made windowed SLIC agree with a whole-raster run (0.98 vs 0.80 near the points)
 DEFAULT_COMPACTNESS = 0.3
-
-Box = Tuple[int, int, int, int]  # x0, y0, x1, y1 (pixels, half-open)
-
-
-def _root(parent: List[int], i: int) -> int:
-    """Union-find root with path halving."""
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
-
-
-def _merge_boxes(boxes: List[Box]) -> List[Box]:
-    """Merge overlapping boxes into their bounding boxes until no two overlap (sweep in x)."""
-    while True:
-        boxes = sorted(boxes)
-        parent = list(range(len(boxes)))
-        active: List[int] = []
-        for i, b in enumerate(boxes):
-            active = [j for j in active if boxes[j][2] > b[0]]
-            for j in active:
-                if boxes[j][1] < b[3] and b[1] < boxes[j][3]:
-                    parent[_root(parent, i)] = _root(parent, j)
-            active.append(i)
-        groups: Dict[int, Box] = {}
-        for i, b in enumerate(boxes):
-            r = _root(parent, i)
-            g = groups.get(r)
-            groups[r] = b if g is None else (
-                min(g[0], b[0]), min(g[1], b[1]), max(g[2], b[2]), max(g[3], b[3])
-            )  # fmt: skip
-        if len(groups) == len(boxes):
-            return boxes
-        boxes = list(groups.values())
-
-
-def plan_windows(
-    cols: np.ndarray,
-    rows: np.ndarray,
-    width: int,
-    height: int,
-    size: int,
-    max_core_cells: int = MAX_CORE_CELLS,
-) -> List[Tuple[Box, Box]]:
-    """``[(core, window), ...]``: disjoint cores covering every point's reach box, and the
-    windows (core + halo) to segment. All edges are multiples of ``size`` (or the raster edge).
-    """
-    if len(cols) == 0:
-        return []
-    reach, halo = REACH * size, HALO * size
-    pts = np.stack(
-        [
-            np.clip((cols - reach) // size * size, 0, width),
-            np.clip((rows - reach) // size * size, 0, height),
-            np.clip(((cols + reach) // size + 1) * size, 0, width),
-            np.clip(((rows + reach) // size + 1) * size, 0, height),
-        ],
-        axis=1,
-    ).astype(np.int64)
-    side = max(size, int(math.sqrt(max_core_cells)) // size * size)
-    plans = []
-    for g in _merge_boxes([tuple(int(v) for v in b) for b in np.unique(pts, axis=0)]):
-        for py in range(g[1] // side * side, g[3], side):
-            for px in range(g[0] // side * side, g[2], side):
-                # the piece of the group's bbox, shrunk to the reach boxes that touch it
-                piece = (max(px, g[0]), max(py, g[1]), min(px + side, g[2]), min(py + side, g[3]))
-                x0, y0 = np.maximum(pts[:, 0], piece[0]), np.maximum(pts[:, 1], piece[1])
-                x1, y1 = np.minimum(pts[:, 2], piece[2]), np.minimum(pts[:, 3], piece[3])
-                hit = (x0 < x1) & (y0 < y1)
-                if not hit.any():
-                    continue
-                core = (
-                    int(x0[hit].min()),
-                    int(y0[hit].min()),
-                    int(x1[hit].max()),
-                    int(y1[hit].max()),
-                )
-                win = (
-                    max(core[0] - halo, 0),
-                    max(core[1] - halo, 0),
-                    min(core[2] + halo, width),
-                    min(core[3] + halo, height),
-                )
-                plans.append((core, win))
-    return plans
 
 
 def segment(image: np.ndarray, method: str, size: int, compactness: float) -> np.ndarray:
@@ -209,6 +121,147 @@ def label_nodata(classes: Sequence[int]) -> Tuple[int, int]:
     return nodata, smallest_int_type(nodata)
 
 
+def check_arguments(method: str, size, compactness, classes) -> None:
+    """Clear errors for an unknown method, a tiny superpixel, a bad compactness, no points."""
+    if method not in METHODS:
+        raise MapSegError(f"Unknown superpixel method '{method}'. Use one of {', '.join(METHODS)}.")
+    if not size or size < 2:
+        raise MapSegError(
+            f"SUPERPIXEL_SIZE must be at least 2 pixels (got {size}). A superpixel of about "
+            "10 to 50 pixels across suits most imagery."
+        )
+    if not compactness or compactness <= 0:
+        raise MapSegError(f"COMPACTNESS must be positive (got {compactness}); try 0.1.")
+    if len(classes) == 0:
+        raise MapSegError("No points with a class were given: click at least one point per class.")
+
+
+def locate_points(info, xs: np.ndarray, ys: np.ndarray, count: int):
+    """(cols, rows, inside): the points' pixels and which of them fall on the raster."""
+    inv = gdal.InvGeoTransform(info.geotransform)
+    if inv is None:
+        raise MapSegError("The raster's geotransform cannot be inverted; fix its georeferencing.")
+    cols = np.floor(inv[0] + inv[1] * xs + inv[2] * ys).astype(np.int64)
+    rows = np.floor(inv[3] + inv[4] * xs + inv[5] * ys).astype(np.int64)
+    inside = np.isfinite(xs) & np.isfinite(ys)
+    inside &= (cols >= 0) & (cols < info.width) & (rows >= 0) & (rows < info.height)
+    if not inside.any():
+        raise MapSegError(
+            f"None of the {count} points falls on the raster: check that the points and the "
+            "raster cover the same area (and that the points layer has the right CRS)."
+        )
+    return cols, rows, inside
+
+
+def label_styling(nodata: int, class_names, colors) -> tuple[dict, dict]:
+    """(category names, colour table) of the label raster; nodata is "unlabelled", clear."""
+    names = {int(k): str(v) for k, v in (class_names or {}).items()}
+    if nodata <= 255:
+        names[nodata] = "unlabelled"
+    table = {int(k): tuple(v) for k, v in (colors or {}).items()}
+    if table and nodata <= 255:
+        table[nodata] = (0, 0, 0, 0)
+    return names, table
+
+
+class WindowLabeller:
+    """Segments one planned window into superpixels and writes its core's labels."""
+
+    def __init__(self, reader, points, method, size, compactness, nodata, result, outputs):
+        self.reader, self.method, self.size, self.compactness = reader, method, size, compactness
+        self.cols, self.rows, self.cls = points
+        self.nodata, self.result = nodata, result
+        self.out, self.sp_out = outputs
+        self.next_id = 0
+
+    def __call__(self, core: Box, win: Box) -> None:
+        cols, rows, cls, result = self.cols, self.rows, self.cls, self.result
+        x0, y0, x1, y1 = win
+        image, valid = self.reader.read((x0, y0, x1 - x0, y1 - y0))
+        result["pixels_segmented"] += (x1 - x0) * (y1 - y0)
+        labels = segment(np.moveaxis(image, 0, -1), self.method, self.size, self.compactness)
+        labels[~valid] = 0
+        # every point in the window votes (halo points included, as in a whole run);
+        # each point is counted once: in the core that holds it
+        sel = np.flatnonzero((cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1))
+        sp = labels[rows[sel] - y0, cols[sel] - x0]
+        in_core = (
+            (cols[sel] >= core[0]) & (cols[sel] < core[2])
+            & (rows[sel] >= core[1]) & (rows[sel] < core[3])
+        )  # fmt: skip
+        result["points_on_nodata"] += int((in_core & (sp == 0)).sum())
+        used = in_core & (sp > 0)
+        result["points_used"] += int(used.sum())
+        for v in cls[sel][used].tolist():
+            result["points_per_class"][v] += 1
+        winners, conflicts = vote(sp, cls[sel])
+        # a conflict is counted by the core that holds the superpixel's first point
+        first = {}
+        for s, c in zip(sp.tolist(), in_core.tolist()):
+            first.setdefault(s, c)
+        result["conflicting_superpixels"] += sum(1 for s in conflicts if first[s])
+        self._write(core, win, labels, winners)
+
+    def _write(self, core: Box, win: Box, labels: np.ndarray, winners: dict) -> None:
+        nodata, result = self.nodata, self.result
+        lut = np.full(int(labels.max()) + 1, nodata, dtype=np.int64)
+        for s, v in winners.items():
+            lut[s] = v
+        cy = slice(core[1] - win[1], core[3] - win[1])
+        cx = slice(core[0] - win[0], core[2] - win[0])
+        lab = lut[labels[cy, cx]]
+        for v, n in zip(*np.unique(lab[lab != nodata], return_counts=True)):
+            result["pixels_per_class"][int(v)] += int(n)
+        dtype = np.uint8 if self.out.band().DataType == gdal.GDT_Byte else np.uint16
+        self.out.write(lab.astype(dtype), core[0], core[1])
+        if self.sp_out is not None:
+            ids = labels[cy, cx].astype(np.uint32)
+            ids[ids > 0] += np.uint32(self.next_id)
+            self.sp_out.write(ids, core[0], core[1])
+            self.next_id += int(labels.max())
+
+
+def new_counts(given: int, outside: int, values, windows: int, nodata: int, info) -> dict:
+    """The counts pseudo_label returns, before any window is labelled."""
+    return {
+        "points_given": int(given), "points_outside": outside, "points_on_nodata": 0,
+        "points_used": 0, "conflicting_superpixels": 0, "pixels_segmented": 0,
+        "pixels_per_class": {v: 0 for v in values}, "points_per_class": {v: 0 for v in values},
+        "windows": windows, "nodata": nodata, "width": info.width, "height": info.height,
+    }  # fmt: skip
+
+
+def write_labels(info, dests, gdal_type, styling: dict, labeller, plans, reporter) -> None:
+    """Label every planned window into the label raster (and superpixel ids), then commit."""
+    dest, superpixels_dest = dests
+    common = dict(geotransform=info.geotransform, projection=info.projection, sparse=True)
+    with OutputRaster(dest, info.width, info.height, gdal_type, **styling, **common) as out:
+        sp_out = None
+        if superpixels_dest:
+            sp_out = OutputRaster(superpixels_dest, info.width, info.height, gdal.GDT_UInt32,
+                                  nodata=0, **common)  # fmt: skip
+        try:
+            label = labeller((out, sp_out))
+            total, done = sum((w[2] - w[0]) * (w[3] - w[1]) for _, w in plans), 0
+            for core, win in plans:
+                label(core, win)
+                done += (win[2] - win[0]) * (win[3] - win[1])
+                reporter.fraction(done / max(total, 1))
+            result = label.result
+            if result["points_used"] == 0:
+                raise MapSegError(
+                    f"None of the {result['points_given']} points is usable: "
+                    f"{result['points_outside']} outside the raster, "
+                    f"{result['points_on_nodata']} on nodata pixels. Place points on valid data."
+                )
+            out.commit()
+            if sp_out is not None:
+                sp_out.commit()
+        finally:
+            if sp_out is not None and not sp_out._done:
+                sp_out.discard()
+
+
 @engine_call
 def pseudo_label(
     src: str,
@@ -232,139 +285,56 @@ def pseudo_label(
     and ``pixels_segmented`` (the pixels read for segmentation: proportional to the points).
     """
     reporter = reporter or Reporter()
-    if method not in METHODS:
-        raise MapSegError(f"Unknown superpixel method '{method}'. Use one of {', '.join(METHODS)}.")
-    if not size or size < 2:
-        raise MapSegError(
-            f"SUPERPIXEL_SIZE must be at least 2 pixels (got {size}). A superpixel of about "
-            "10 to 50 pixels across suits most imagery."
-        )
-    if not compactness or compactness <= 0:
-        raise MapSegError(f"COMPACTNESS must be positive (got {compactness}); try 0.1.")
+    check_arguments(method, size, compactness, classes)
     xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
     cls = np.asarray(classes, dtype=np.int64)
-    if len(cls) == 0:
-        raise MapSegError("No points with a class were given: click at least one point per class.")
     size = int(size)
     ds = open_raster(src)
     info = raster_info(ds)
-    inv = gdal.InvGeoTransform(info.geotransform)
-    if inv is None:
-        raise MapSegError("The raster's geotransform cannot be inverted; fix its georeferencing.")
-    cols = np.floor(inv[0] + inv[1] * xs + inv[2] * ys).astype(np.int64)
-    rows = np.floor(inv[3] + inv[4] * xs + inv[5] * ys).astype(np.int64)
-    inside = np.isfinite(xs) & np.isfinite(ys)
-    inside &= (cols >= 0) & (cols < info.width) & (rows >= 0) & (rows < info.height)
+    cols, rows, inside = locate_points(info, xs, ys, len(cls))
     n_outside = int((~inside).sum())
-    if not inside.any():
-        raise MapSegError(
-            f"None of the {len(cls)} points falls on the raster: check that the points and the "
-            "raster cover the same area (and that the points layer has the right CRS)."
-        )
     cols, rows, cls = cols[inside], rows[inside], cls[inside]
     values = sorted(set(cls.tolist()))
     nodata, gdal_type = label_nodata(values)
-    names = {int(k): str(v) for k, v in (class_names or {}).items()}
-    if nodata <= 255:
-        names[nodata] = "unlabelled"
-    table = {int(k): tuple(v) for k, v in (colors or {}).items()}
-    if table and nodata <= 255:
-        table[nodata] = (0, 0, 0, 0)
-
+    names, table = label_styling(nodata, class_names, colors)
     if windowed:
         plans = plan_windows(cols, rows, info.width, info.height, size)
     else:
-        whole = (0, 0, info.width, info.height)
-        plans = [(whole, whole)]
+        plans = [((0, 0, info.width, info.height), (0, 0, info.width, info.height))]
     reporter.info(
         f"{len(cls)} points on the raster ({n_outside} outside); {len(plans)} window(s) of "
         f"superpixels ({method}, ~{size} px)."
     )
-    stats = band_stats([ds])
-    bands = list(range(1, info.count + 1))
-    reader = BandWindows(ds, stats, bands)
-    total = sum((w[2] - w[0]) * (w[3] - w[1]) for _, w in plans)
-    result = {
-        "points_given": int(len(xs)),
-        "points_outside": n_outside,
-        "points_on_nodata": 0,
-        "points_used": 0,
-        "conflicting_superpixels": 0,
-        "pixels_segmented": 0,
-        "pixels_per_class": {v: 0 for v in values},
-        "points_per_class": {v: 0 for v in values},
-        "windows": len(plans),
-        "nodata": nodata,
-        "width": info.width,
-        "height": info.height,
-    }
-    common = dict(
-        geotransform=info.geotransform, projection=info.projection, sparse=True
-    )  # fmt: skip
-    with OutputRaster(
-        dest, info.width, info.height, gdal_type, nodata=nodata,
-        color_table=table or None, category_names=names or None, **common,
-    ) as out:  # fmt: skip
-        sp_out = None
-        if superpixels_dest:
-            sp_out = OutputRaster(superpixels_dest, info.width, info.height, gdal.GDT_UInt32,
-                                  nodata=0, **common)  # fmt: skip
-        try:
-            next_id = 0
-            for core, win in plans:
-                x0, y0, x1, y1 = win
-                image, valid = reader.read((x0, y0, x1 - x0, y1 - y0))
-                result["pixels_segmented"] += (x1 - x0) * (y1 - y0)
-                labels = segment(np.moveaxis(image, 0, -1), method, size, compactness)
-                labels[~valid] = 0
-                # every point in the window votes (halo points included, as in a whole run);
-                # each point is counted once: in the core that holds it
-                sel = np.flatnonzero((cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1))
-                sp = labels[rows[sel] - y0, cols[sel] - x0]
-                in_core = (
-                    (cols[sel] >= core[0]) & (cols[sel] < core[2])
-                    & (rows[sel] >= core[1]) & (rows[sel] < core[3])
-                )  # fmt: skip
-                result["points_on_nodata"] += int((in_core & (sp == 0)).sum())
-                used = in_core & (sp > 0)
-                result["points_used"] += int(used.sum())
-                for v in cls[sel][used].tolist():
-                    result["points_per_class"][v] += 1
-                winners, conflicts = vote(sp, cls[sel])
-                # a conflict is counted by the core that holds the superpixel's first point
-                first = {}
-                for s, c in zip(sp.tolist(), in_core.tolist()):
-                    first.setdefault(s, c)
-                result["conflicting_superpixels"] += sum(1 for s in conflicts if first[s])
-                lut = np.full(int(labels.max()) + 1, nodata, dtype=np.int64)
-                for s, v in winners.items():
-                    lut[s] = v
-                cy, cx = slice(core[1] - y0, core[3] - y0), slice(core[0] - x0, core[2] - x0)
-                lab = lut[labels[cy, cx]]
-                for v, n in zip(*np.unique(lab[lab != nodata], return_counts=True)):
-                    result["pixels_per_class"][int(v)] += int(n)
-                out.write(lab.astype(np.uint8 if gdal_type == gdal.GDT_Byte else np.uint16),
-                          core[0], core[1])  # fmt: skip
-                if sp_out is not None:
-                    ids = labels[cy, cx].astype(np.uint32)
-                    ids[ids > 0] += np.uint32(next_id)
-                    sp_out.write(ids, core[0], core[1])
-                    next_id += int(labels.max())
-                result["done"] = result.get("done", 0) + (x1 - x0) * (y1 - y0)
-                reporter.fraction(result["done"] / max(total, 1))
-            if result["points_used"] == 0:
-                raise MapSegError(
-                    f"None of the {len(xs)} points is usable: {n_outside} outside the raster, "
-                    f"{result['points_on_nodata']} on nodata pixels. Place points on valid data."
-                )
-            out.commit()
-            if sp_out is not None:
-                sp_out.commit()
-        finally:
-            if sp_out is not None and not sp_out._done:
-                sp_out.discard()
-    result.pop("done", None)
+    reader = BandWindows(ds, band_stats([ds]), list(range(1, info.count + 1)))
+    result = new_counts(len(xs), n_outside, values, len(plans), nodata, info)
+
+    def labeller(outputs) -> WindowLabeller:
+        points = (cols, rows, cls)
+        return WindowLabeller(reader, points, method, size, compactness, nodata, result, outputs)
+
+    styling = dict(nodata=nodata, color_table=table or None, category_names=names or None)
+    write_labels(info, (dest, superpixels_dest), gdal_type, styling, labeller, plans, reporter)
     labelled = sum(result["pixels_per_class"].values())
     result["labelled_pixels"] = labelled
     result["labelled_fraction"] = labelled / float(info.width * info.height)
     return result
+
+
+def class_summary(result: dict, names: Dict[int, str]) -> List[dict]:
+    """Per class of ``names``: points, pixels and their share of the raster and the labels."""
+    labelled = max(result["labelled_pixels"], 1)
+    area = result["width"] * result["height"]
+    summary = []
+    for v in sorted(names):
+        pixels = result["pixels_per_class"].get(v, 0)
+        summary.append(
+            {
+                "value": v,
+                "name": names[v],
+                "points": result["points_per_class"].get(v, 0),
+                "pixels": pixels,
+                "fraction_of_raster": pixels / area,
+                "fraction_of_labels": pixels / labelled,
+            }
+        )
+    return summary

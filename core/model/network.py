@@ -42,6 +42,12 @@ class Network:
         self.batch = batch
         self.reporter = reporter
 
+    def with_weights(self, weights: np.ndarray) -> Network:
+        """The same model and device with other blend weights (ones: unblended)."""
+        return Network(
+            self.model, self.device, weights, self.batch, self.reporter, softmax=self.softmax
+        )
+
     def alloc(self, shape) -> np.ndarray:
         """Input batch buffers; pinned on CUDA so host->device copies run asynchronously."""
         return self.torch.empty(shape, dtype=self.torch.float32, pin_memory=self.cuda).numpy()
