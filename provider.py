@@ -10,6 +10,7 @@ from pathlib import Path
 from qgis.core import QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from . import settings
 from .algorithms import ALGORITHMS
 
 HERE = Path(__file__).resolve().parent
@@ -30,6 +31,15 @@ class MapSegProvider(QgsProcessingProvider):
 
     def svgIconPath(self):
         return str(HERE / "icon.svg")
+
+    def load(self):
+        # Options > Processing > Providers > MapSeg, the way QGIS's own providers do it.
+        settings.register(self.icon())
+        return super().load()
+
+    def unload(self):
+        settings.unregister()
+        super().unload()
 
     def supportedOutputRasterLayerExtensions(self):
         # Outputs are written by GDAL as tiled, compressed GeoTIFF with colour tables.

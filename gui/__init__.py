@@ -1,0 +1,1 @@
+"""MapSeg's Qt widgets (qgis.PyQt only); the logic they drive lives in ``install/``."""
