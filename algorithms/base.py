@@ -15,7 +15,9 @@ from pathlib import Path
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
-    QgsProcessingParameterDefinition,
+    QgsProcessingOutputDefinition,
+    QgsProcessingParameterEnum,
+    QgsProperty,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
@@ -26,9 +28,10 @@ from ..core.progress import Reporter
 HELP_DIR = Path(__file__).resolve().parent / "help"
 
 INSTALL_HINT = (
-    "Install it into the Python that QGIS uses, for example "
-    "`python3 -m pip install {pkgs}` from the OSGeo4W shell on Windows, or the QGIS Python "
-    "on Linux/macOS (see the MapSeg README, 'Install into QGIS desktop')."
+    'Install it from QGIS: Plugins > MapSeg > <a href="mapseg:install">Install dependencies...</a>'
+    " (no restart needed). Without the desktop (qgis_process), run "
+    "`python3 -m mapseg.install --target DIR` with QGIS's Python and set DIR as the dependency "
+    "folder in Options > Processing > Providers > MapSeg (README, 'Install into QGIS desktop')."
 )
 
 
@@ -67,7 +70,7 @@ def missing_modules(modules) -> list:
 
 
 class MapSegAlgorithm(QgsProcessingAlgorithm):
-    """Subclasses set NAME, DISPLAY, GROUP and REQUIRES, and implement initAlgorithm/process."""
+    """Subclasses set NAME, DISPLAY, GROUP and REQUIRES, and implement parameters/process."""
 
     NAME = ""
     DISPLAY = ""
@@ -114,10 +117,34 @@ class MapSegAlgorithm(QgsProcessingAlgorithm):
             )
         return True, ""
 
-    @staticmethod
-    def advanced(param: QgsProcessingParameterDefinition) -> QgsProcessingParameterDefinition:
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        return param
+    def parameters(self) -> list:
+        """The algorithm's parameters and outputs, in dialog order (see ``params``)."""
+        return []
+
+    def initAlgorithm(self, config=None):
+        for item in self.parameters():
+            if isinstance(item, QgsProcessingOutputDefinition):
+                self.addOutput(item)
+            else:
+                self.addParameter(item)
+
+    def checkParameterValues(self, parameters, context):
+        """Choices are names: a wrong one gets a message that lists the valid names."""
+        for param in self.parameterDefinitions():
+            value = parameters.get(param.name())
+            if (
+                isinstance(param, QgsProcessingParameterEnum)
+                and param.usesStaticStrings()
+                and value not in (None, "")
+                and not isinstance(value, QgsProperty)
+                and str(value) not in param.options()
+            ):
+                valid = ", ".join(param.options())
+                return False, (
+                    f"{param.name()}={value} is not one of the valid names: {valid}. "
+                    f"Pass the name, e.g. {param.name()}={param.options()[0]}."
+                )
+        return super().checkParameterValues(parameters, context)
 
     @staticmethod
     def reporter(feedback) -> Reporter:
@@ -146,6 +173,42 @@ class MapSegAlgorithm(QgsProcessingAlgorithm):
     # Toolbox dialog call, and a subclass must never hide it.
     def process(self, parameters, context, feedback) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # -- reading parameters ----------------------------------------------------------------
+
+    @staticmethod
+    def given(parameters, name: str) -> bool:
+        """An optional parameter was given a value (not missing, None or empty)."""
+        return parameters.get(name) not in (None, "")
+
+    def optional_int(self, parameters, name: str, context) -> int | None:
+        return (
+            self.parameterAsInt(parameters, name, context) if self.given(parameters, name) else None
+        )
+
+    def optional_double(self, parameters, name: str, context) -> float | None:
+        if not self.given(parameters, name):
+            return None
+        return self.parameterAsDouble(parameters, name, context)
+
+    def optional_output(self, parameters, name: str, context) -> str | None:
+        if not self.given(parameters, name):
+            return None
+        return self.parameterAsOutputLayer(parameters, name, context) or None
+
+    def choice(self, parameters, name: str, context) -> str:
+        """The name chosen for an enum parameter with static strings."""
+        return self.parameterAsEnumString(parameters, name, context)
+
+    @classmethod
+    def setting_default(cls, parameters, name: str):
+        """The provider setting for DEVICE, TILE_SIZE or BATCH_SIZE (Options > Processing >
+        Providers > MapSeg) when the parameter is not given; None when it is (it wins)."""
+        if cls.given(parameters, name):
+            return None
+        from ..settings import setting
+
+        return setting(name)
 
     # -- parameter helpers shared by several algorithms ------------------------------------
 

@@ -8,21 +8,12 @@ from qgis.core import (
     QgsFeatureSink,
     QgsField,
     QgsFields,
-    QgsProcessing,
     QgsProcessingException,
-    QgsProcessingOutputNumber,
-    QgsProcessingParameterBand,
-    QgsProcessingParameterFeatureSink,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
-    QgsProcessingParameterFileDestination,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterString,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QVariant
 
+from . import params as P
 from .base import MapSegAlgorithm
 
 FIELD_TYPES = {
@@ -62,118 +53,59 @@ class EvaluateSegmentation(MapSegAlgorithm):
         "OBJECT_FN": "Unmatched reference objects (false negatives)",
     }
 
-    def initAlgorithm(self, config=None):
-        self.addParameter(
-            QgsProcessingParameterRasterLayer(self.PREDICTION, self.tr("Predicted class raster"))
-        )
-        self.addParameter(
-            self.advanced(
-                QgsProcessingParameterBand(
-                    self.PREDICTION_BAND, self.tr("Prediction band"), 1, self.PREDICTION, True
-                )
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterRasterLayer(
-                self.REFERENCE, self.tr("Reference class raster"), optional=True
-            )
-        )
-        self.addParameter(
-            self.advanced(
-                QgsProcessingParameterBand(
-                    self.REFERENCE_BAND, self.tr("Reference band"), 1, self.REFERENCE, True
-                )
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterFeatureSource(
+    def parameters(self) -> list:
+        return [
+            P.raster(self.PREDICTION, "Predicted class raster"),
+            P.advanced(P.band(self.PREDICTION_BAND, "Prediction band", self.PREDICTION)),
+            P.raster(self.REFERENCE, "Reference class raster", optional=True),
+            P.advanced(P.band(self.REFERENCE_BAND, "Reference band", self.REFERENCE)),
+            P.features(
                 self.REFERENCE_POLYGONS,
-                self.tr("Reference polygons (instead of a reference raster)"),
-                [QgsProcessing.TypeVectorPolygon],
+                "Reference polygons (instead of a reference raster)",
+                P.POLYGONS,
                 optional=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterField(
+            ),
+            P.field(
                 self.CLASS_FIELD,
-                self.tr("Class field of the reference polygons"),
-                parentLayerParameterName=self.REFERENCE_POLYGONS,
-                type=QgsProcessingParameterField.Numeric,
-                optional=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterString(
+                "Class field of the reference polygons",
+                self.REFERENCE_POLYGONS,
+                numeric=True,
+            ),
+            P.text(
                 self.IGNORE_VALUES,
-                self.tr("Class values to ignore, e.g. 0, 255 (nodata is always ignored)"),
-                defaultValue="",
-                optional=True,
-            )
-        )
-        self.addParameter(
-            self.advanced(
-                QgsProcessingParameterNumber(
+                "Class values to ignore, e.g. 0, 255 (nodata is always ignored)",
+                "",
+            ),
+            P.advanced(
+                P.integer(
                     self.OBJECT_CLASS,
-                    self.tr("Object class value (object F1; default: two-class maps only)"),
-                    QgsProcessingParameterNumber.Integer,
+                    "Object class value (object F1; default: two-class maps only)",
                     optional=True,
                 )
-            )
-        )
-        self.addParameter(
-            self.advanced(
-                QgsProcessingParameterNumber(
-                    self.OBJECT_IOU_THRESHOLD,
-                    self.tr("IoU an object match needs"),
-                    QgsProcessingParameterNumber.Double,
-                    0.5,
-                    minValue=0.01,
-                    maxValue=1.0,
-                )
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterFeatureSink(
-                self.OUTPUT_TABLE, self.tr("Per-class scores"), QgsProcessing.TypeVector
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterFileDestination(
-                self.OUTPUT_REPORT,
-                self.tr("HTML report"),
-                self.tr("HTML files (*.html)"),
-                optional=True,
-                createByDefault=False,
-            )
-        )
-        for key, label in self.NUMBERS.items():
-            self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
+            ),
+            P.advanced(
+                P.double(self.OBJECT_IOU_THRESHOLD, "IoU an object match needs", 0.5, 0.01, 1.0)
+            ),
+            P.table_out(self.OUTPUT_TABLE, "Per-class scores"),
+            P.file_out(
+                self.OUTPUT_REPORT, "HTML report", "HTML files (*.html)", True, create=False
+            ),
+            *[P.number_out(key, label) for key, label in self.NUMBERS.items()],
+        ]
 
     def process(self, parameters, context, feedback):
         from ..core.evaluate.evaluation import evaluate_segmentation, parse_ignore, table_rows
         from ..core.io.raster import check_destination
 
         prediction = self.raster_source(parameters, self.PREDICTION, context)
-        reference = polygons = layer_name = None
-        if parameters.get(self.REFERENCE) not in (None, ""):
+        reference = None
+        if self.given(parameters, self.REFERENCE):
             reference = self.raster_source(parameters, self.REFERENCE, context)
-        if parameters.get(self.REFERENCE_POLYGONS) not in (None, ""):
-            polygons, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
-                parameters,
-                self.REFERENCE_POLYGONS,
-                context,
-                ["gpkg", "shp", "geojson", "fgb"],
-                "gpkg",
-                feedback,
-            )
-            if not polygons:
-                raise QgsProcessingException("The reference polygons could not be loaded.")
+        polygons, layer_name = self._polygons(parameters, context, feedback)
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         if report:
             check_destination(report, [prediction, reference or ""])
-        object_class = None
-        if parameters.get(self.OBJECT_CLASS) not in (None, ""):
-            object_class = self.parameterAsInt(parameters, self.OBJECT_CLASS, context)
+        object_class = self.optional_int(parameters, self.OBJECT_CLASS, context)
         result = evaluate_segmentation(
             prediction,
             reference=reference,
@@ -207,8 +139,39 @@ class EvaluateSegmentation(MapSegAlgorithm):
             write_evaluation_report(report, result, prediction, reference or polygons)
 
         # Written only now, so a failure above leaves no table behind.
+        table_id = self._write_table(parameters, context, table_rows(result))
+        return {
+            self.OUTPUT_TABLE: table_id,
+            self.OUTPUT_REPORT: report or None,
+            "MIOU": s["miou"],
+            "OVERALL_ACCURACY": s["accuracy"],
+            "KAPPA": s["kappa"],
+            "MEAN_F1": s["mean_f1"],
+            "EVALUATED_PIXELS": s["pixels"],
+            "OBJECT_F1": obj.get("f1"),
+            "OBJECT_TP": obj.get("tp"),
+            "OBJECT_FP": obj.get("fp"),
+            "OBJECT_FN": obj.get("fn"),
+        }
+
+    def _polygons(self, parameters, context, feedback) -> tuple:
+        if not self.given(parameters, self.REFERENCE_POLYGONS):
+            return None, None
+        polygons, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+            parameters,
+            self.REFERENCE_POLYGONS,
+            context,
+            ["gpkg", "shp", "geojson", "fgb"],
+            "gpkg",
+            feedback,
+        )
+        if not polygons:
+            raise QgsProcessingException("The reference polygons could not be loaded.")
+        return polygons, layer_name
+
+    def _write_table(self, parameters, context, rows) -> str:
+        """The per-class table through QGIS's sink (any format Processing offers)."""
         fields = QgsFields()
-        rows = table_rows(result)
         for name in rows[0]:
             fields.append(QgsField(name, FIELD_TYPES.get(name, QVariant.Double)))
         sink, table_id = self.parameterAsSink(
@@ -226,16 +189,4 @@ class EvaluateSegmentation(MapSegAlgorithm):
             feature.setAttributes(list(row.values()))
             sink.addFeature(feature, QgsFeatureSink.FastInsert)
         del sink  # close the file before QGIS loads it
-        return {
-            self.OUTPUT_TABLE: table_id,
-            self.OUTPUT_REPORT: report or None,
-            "MIOU": s["miou"],
-            "OVERALL_ACCURACY": s["accuracy"],
-            "KAPPA": s["kappa"],
-            "MEAN_F1": s["mean_f1"],
-            "EVALUATED_PIXELS": s["pixels"],
-            "OBJECT_F1": obj.get("f1"),
-            "OBJECT_TP": obj.get("tp"),
-            "OBJECT_FP": obj.get("fp"),
-            "OBJECT_FN": obj.get("fn"),
-        }
+        return table_id

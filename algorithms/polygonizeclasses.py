@@ -5,20 +5,14 @@ from __future__ import annotations
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsFillSymbol,
-    QgsProcessing,
     QgsProcessingLayerPostProcessorInterface,
-    QgsProcessingParameterBand,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterString,
-    QgsProcessingParameterVectorDestination,
     QgsRendererCategory,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtGui import QColor
 
 from ..core.vectorize.polygonize import polygonize_classes
+from . import params as P
 from .base import MapSegAlgorithm
 
 # Post-processors must outlive processAlgorithm (QGIS holds no Python reference to them):
@@ -69,56 +63,24 @@ class PolygonizeClasses(MapSegAlgorithm):
     DISSOLVE = "DISSOLVE"
     OUTPUT = "OUTPUT"
 
-    def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Class raster")))
-        self.addParameter(
-            # Optional with default 1: QGIS 3.22's band parameter rejects a missing value even
-            # when it has a default, so a required one would force every caller to pass BAND.
-            QgsProcessingParameterBand(
-                self.BAND, self.tr("Class band"), 1, self.INPUT, optional=True
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterString(
-                self.IGNORE_VALUES,
-                self.tr("Class values to ignore, e.g. 0,255 (nodata always is)"),
-                "",
-                optional=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
+    def parameters(self) -> list:
+        return [
+            P.raster(self.INPUT, "Class raster"),
+            P.band(self.BAND, "Class band", self.INPUT),
+            P.text(self.IGNORE_VALUES, "Class values to ignore, e.g. 0,255 (nodata always is)", ""),
+            P.double(
                 self.MIN_AREA,
-                self.tr("Minimum patch area (map units², m² if geographic; 0 = all)"),
-                QgsProcessingParameterNumber.Double,
+                "Minimum patch area (map units², m² if geographic; 0 = all)",
                 0.0,
-                minValue=0.0,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterBoolean(
-                self.EIGHT_CONNECTED, self.tr("Join diagonal neighbours (8-connected)"), False
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.SIMPLIFY,
-                self.tr("Simplification tolerance (map units; 0 = none)"),
-                QgsProcessingParameterNumber.Double,
-                0.0,
-                minValue=0.0,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterBoolean(
-                self.DISSOLVE, self.tr("Dissolve: one multipolygon per class"), False
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(
-                self.OUTPUT, self.tr("Class polygons"), QgsProcessing.TypeVectorPolygon
-            )
-        )
+                minimum=0.0,
+            ),
+            P.flag(self.EIGHT_CONNECTED, "Join diagonal neighbours (8-connected)"),
+            P.double(
+                self.SIMPLIFY, "Simplification tolerance (map units; 0 = none)", 0.0, minimum=0.0
+            ),
+            P.flag(self.DISSOLVE, "Dissolve: one multipolygon per class"),
+            P.polygons_out(self.OUTPUT, "Class polygons"),
+        ]
 
     def process(self, parameters, context, feedback):
         src = self.raster_source(parameters, self.INPUT, context)

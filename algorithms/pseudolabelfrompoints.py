@@ -7,23 +7,23 @@ import json
 from qgis.core import (
     QgsCoordinateTransform,
     QgsCsException,
-    QgsProcessing,
     QgsProcessingException,
-    QgsProcessingOutputNumber,
-    QgsProcessingOutputString,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterRasterLayer,
 )
 from qgis.PyQt.QtCore import QVariant
 
+from ..core.errors import MapSegError
+from ..core.labels.classes import point_classes
+from . import params as P
 from .base import MapSegAlgorithm
 
-METHOD_LABELS = ["SLIC", "Felzenszwalb", "Watershed (compact)"]
-METHOD_KEYS = ["slic", "felzenszwalb", "watershed"]
+METHODS = ["slic", "felzenszwalb", "watershed"]  # watershed: compact watershed
+COUNTS = {
+    "POINTS_USED": "Points used",
+    "POINTS_OUTSIDE": "Points outside the raster",
+    "POINTS_ON_NODATA": "Points on nodata pixels",
+    "CONFLICTING_SUPERPIXELS": "Superpixels with conflicting points",
+    "LABELLED_FRACTION": "Fraction of the raster labelled",
+}
 
 
 def _is_null(value) -> bool:
@@ -45,67 +45,31 @@ class PseudolabelFromPoints(MapSegAlgorithm):
     OUTPUT = "OUTPUT"
     OUTPUT_SUPERPIXELS = "OUTPUT_SUPERPIXELS"
 
-    def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        self.addParameter(
-            QgsProcessingParameterFeatureSource(
-                self.POINTS, self.tr("Labelled points"), [QgsProcessing.TypeVectorPoint]
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterField(
+    def parameters(self) -> list:
+        return [
+            P.raster(self.INPUT, "Input raster"),
+            P.features(self.POINTS, "Labelled points", P.POINTS),
+            P.field(
                 self.CLASS_FIELD,
-                self.tr("Class field (integer classes, or text classes numbered 1, 2, ...)"),
-                parentLayerParameterName=self.POINTS,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.METHOD, self.tr("Superpixel method"), options=METHOD_LABELS, defaultValue=0
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.SUPERPIXEL_SIZE,
-                self.tr("Superpixel size (pixels across)"),
-                type=QgsProcessingParameterNumber.Integer,
-                defaultValue=20,
-                minValue=2,
-            )
-        )
-        self.addParameter(
-            self.advanced(
-                QgsProcessingParameterNumber(
+                "Class field (integer classes, or text classes numbered 1, 2, ...)",
+                self.POINTS,
+                optional=False,
+            ),
+            P.choice(self.METHOD, "Superpixel method", METHODS),
+            P.integer(self.SUPERPIXEL_SIZE, "Superpixel size (pixels across)", 20, minimum=2),
+            P.advanced(
+                P.double(
                     self.COMPACTNESS,
-                    self.tr("Compactness (SLIC, watershed: higher = more regular superpixels)"),
-                    type=QgsProcessingParameterNumber.Double,
-                    defaultValue=0.3,
-                    minValue=0.001,
+                    "Compactness (SLIC, watershed: higher = more regular superpixels)",
+                    0.3,
+                    minimum=0.001,
                 )
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Pseudo-labels"))
-        )
-        self.addParameter(
-            QgsProcessingParameterRasterDestination(
-                self.OUTPUT_SUPERPIXELS,
-                self.tr("Superpixels"),
-                optional=True,
-                createByDefault=False,
-            )
-        )
-        for name, text in (
-            ("POINTS_USED", "Points used"),
-            ("POINTS_OUTSIDE", "Points outside the raster"),
-            ("POINTS_ON_NODATA", "Points on nodata pixels"),
-            ("CONFLICTING_SUPERPIXELS", "Superpixels with conflicting points"),
-            ("LABELLED_FRACTION", "Fraction of the raster labelled"),
-        ):
-            self.addOutput(QgsProcessingOutputNumber(name, self.tr(text)))
-        self.addOutput(
-            QgsProcessingOutputString("CLASS_SUMMARY", self.tr("Per-class summary (JSON)"))
-        )
+            ),
+            P.raster_out(self.OUTPUT, "Pseudo-labels"),
+            P.raster_out(self.OUTPUT_SUPERPIXELS, "Superpixels", optional=True),
+            *[P.number_out(name, label) for name, label in COUNTS.items()],
+            P.string_out("CLASS_SUMMARY", "Per-class summary (JSON)"),
+        ]
 
     # -- reading the points ----------------------------------------------------------------
 
@@ -162,34 +126,20 @@ class PseudolabelFromPoints(MapSegAlgorithm):
                 f"The class field '{field}' holds no values on any point ({no_class} points "
                 "have none). Fill in a class for each point."
             )
-        if text:
-            order = {name: i + 1 for i, name in enumerate(sorted(set(values)))}
-            classes = [order[v] for v in values]
-            names = {i: name for name, i in order.items()}
-        else:
-            try:
-                numbers = [float(v) for v in values]
-            except (TypeError, ValueError):
-                raise QgsProcessingException(
-                    f"The class field '{field}' holds values that are not numbers."
-                ) from None
-            if any(n != int(n) for n in numbers):
-                raise QgsProcessingException(
-                    f"The class field '{field}' holds non-integer numbers. Classes must be "
-                    "integers, or text (text classes are numbered 1, 2, ... in sorted order)."
-                )
-            classes = [int(n) for n in numbers]
-            names = {v: str(v) for v in set(classes)}
+        try:
+            classes, names = point_classes(values, text)
+        except MapSegError as err:
+            raise QgsProcessingException(f"The class field '{field}' {err}") from None
         return xs, ys, classes, names, no_class, failed
 
     def process(self, parameters, context, feedback):
         from ..core.io.raster import check_destination
         from ..core.labels.classes import palette
-        from ..core.labels.pseudolabel import pseudo_label
+        from ..core.labels.pseudolabel import class_summary, pseudo_label
 
         size = self.parameterAsInt(parameters, self.SUPERPIXEL_SIZE, context)
         compactness = self.parameterAsDouble(parameters, self.COMPACTNESS, context)
-        method = METHOD_KEYS[self.parameterAsEnum(parameters, self.METHOD, context)]
+        method = self.choice(parameters, self.METHOD, context)
         if size < 2:
             raise QgsProcessingException(f"SUPERPIXEL_SIZE must be at least 2 pixels (got {size}).")
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -220,25 +170,12 @@ class PseudolabelFromPoints(MapSegAlgorithm):
             reporter=self.reporter(feedback),
         )
         outside = result["points_outside"] + failed
-        labelled = max(result["labelled_pixels"], 1)
-        area = result["width"] * result["height"]
-        summary = []
-        for v in values:
-            pixels = result["pixels_per_class"].get(v, 0)
-            summary.append(
-                {
-                    "value": v,
-                    "name": names[v],
-                    "points": result["points_per_class"].get(v, 0),
-                    "pixels": pixels,
-                    "fraction_of_raster": pixels / area,
-                    "fraction_of_labels": pixels / labelled,
-                }
-            )
+        summary = class_summary(result, names)
+        for c in summary:
             feedback.pushInfo(
-                f"Class {v} '{names[v]}': {summary[-1]['points']} points, {pixels} pixels "
-                f"({100 * pixels / area:.3g}% of the raster, {100 * pixels / labelled:.3g}% of "
-                "the labelled pixels)."
+                f"Class {c['value']} '{c['name']}': {c['points']} points, {c['pixels']} pixels "
+                f"({100 * c['fraction_of_raster']:.3g}% of the raster, "
+                f"{100 * c['fraction_of_labels']:.3g}% of the labelled pixels)."
             )
         feedback.pushInfo(
             f"Points used: {result['points_used']}; outside the raster: {outside}; on nodata: "

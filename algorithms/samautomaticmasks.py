@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from qgis.core import (
-    QgsProcessing,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterVectorDestination,
-)
-
+from . import params as P
 from .base import MapSegAlgorithm
-from .segmentwithsam import add_sam_inputs, load_sam
+from .segmentwithsam import load_sam, processing_pixel_size, sam_inputs
 
 
 class SamAutomaticMasks(MapSegAlgorithm):
@@ -32,76 +26,33 @@ class SamAutomaticMasks(MapSegAlgorithm):
     POINTS_PER_BATCH = "POINTS_PER_BATCH"
     OUTPUT = "OUTPUT"
 
-    def initAlgorithm(self, config=None):
-        number = QgsProcessingParameterNumber
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        add_sam_inputs(self)
-        self.addParameter(
-            number(
-                self.POINTS_PER_SIDE,
-                self.tr("Point prompts per window side"),
-                type=number.Integer,
-                defaultValue=32,
-                minValue=1,
-                maxValue=128,
-            )
-        )
-        for name, label, default in (
-            (self.PRED_IOU_THRESH, "Minimum predicted IoU (0-1)", 0.88),
-            (self.STABILITY_THRESH, "Minimum stability score (0-1)", 0.95),
-        ):
-            self.addParameter(
-                number(
-                    name,
-                    self.tr(label),
-                    type=number.Double,
-                    defaultValue=default,
-                    minValue=0.0,
-                    maxValue=1.0,
-                )
-            )
-        self.addParameter(
-            number(
-                self.MIN_AREA,
-                self.tr("Minimum mask area in map units (0: keep all)"),
-                type=number.Double,
-                defaultValue=0.0,
-                minValue=0.0,
-            )
-        )
-        self.addParameter(
-            self.advanced(
-                number(
-                    self.PROCESSING_PIXEL_SIZE,
-                    self.tr("Processing pixel size in map units (0: the raster's)"),
-                    type=number.Double,
-                    defaultValue=0.0,
-                    minValue=0.0,
+    def parameters(self) -> list:
+        return [
+            P.raster(self.INPUT, "Input raster"),
+            *sam_inputs(self),
+            P.integer(self.POINTS_PER_SIDE, "Point prompts per window side", 32, 1, 128),
+            P.double(self.PRED_IOU_THRESH, "Minimum predicted IoU (0-1)", 0.88, 0.0, 1.0),
+            P.double(self.STABILITY_THRESH, "Minimum stability score (0-1)", 0.95, 0.0, 1.0),
+            P.double(
+                self.MIN_AREA, "Minimum mask area in map units (0: keep all)", 0.0, minimum=0.0
+            ),
+            processing_pixel_size(self),
+            P.advanced(
+                P.integer(
+                    self.OVERLAP,
+                    "Window overlap in pixels (0: a quarter of SAM's input)",
+                    0,
+                    minimum=0,
                     optional=True,
                 )
-            )
-        )
-        for name, label, default in (
-            (self.OVERLAP, "Window overlap in pixels (0: a quarter of SAM's input)", 0),
-            (self.POINTS_PER_BATCH, "Point prompts per batch", 64),
-        ):
-            self.addParameter(
-                self.advanced(
-                    number(
-                        name,
-                        self.tr(label),
-                        type=number.Integer,
-                        defaultValue=default,
-                        minValue=0 if name == self.OVERLAP else 1,
-                        optional=True,
-                    )
+            ),
+            P.advanced(
+                P.integer(
+                    self.POINTS_PER_BATCH, "Point prompts per batch", 64, minimum=1, optional=True
                 )
-            )
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(
-                self.OUTPUT, self.tr("SAM masks"), type=QgsProcessing.TypeVectorPolygon
-            )
-        )
+            ),
+            P.polygons_out(self.OUTPUT, "SAM masks"),
+        ]
 
     def process(self, parameters, context, feedback):
         from ..core.io.vector import split_destination

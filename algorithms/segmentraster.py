@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from qgis.core import (
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterExtent,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterString,
-)
-
+from . import params as P
 from .base import MapSegAlgorithm
+
+RESOLUTIONS = ["full", "medium", "low"]
+ZERO = dict(default=0, minimum=0, optional=True)  # 0: automatic / none
 
 
 class SegmentRaster(MapSegAlgorithm):
@@ -36,104 +29,46 @@ class SegmentRaster(MapSegAlgorithm):
     SMOOTHING = "SMOOTHING"
     RESOLUTION = "RESOLUTION"
     BANDS = "BANDS"
-    DEVICES = ["auto", "cpu", "cuda"]
-    RESOLUTIONS = ["full", "medium", "low"]
 
-    def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        self.addParameter(
-            QgsProcessingParameterFile(
+    def parameters(self) -> list:
+        return [
+            P.raster(self.INPUT, "Input raster"),
+            P.file_in(
                 self.MODEL,
-                self.tr("MapSeg model file (empty: the shipped default model)"),
-                behavior=QgsProcessingParameterFile.File,
-                fileFilter="MapSeg model (*.pt)",
-                optional=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.NUM_SEGMENTS,
-                self.tr("Number of segments (label-free models)"),
-                type=QgsProcessingParameterNumber.Integer,
-                defaultValue=6,
-                minValue=2,
-                maxValue=50,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterEnum(
+                "MapSeg model file (empty: the shipped default model)",
+                "MapSeg model (*.pt)",
+            ),
+            P.integer(self.NUM_SEGMENTS, "Number of segments (label-free models)", 6, 2, 50),
+            P.choice(
                 self.RESOLUTION,
-                self.tr("Resolution (medium: 2x, low: 4x coarser pixels; faster, blockier)"),
-                options=self.RESOLUTIONS,
-                defaultValue=0,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterExtent(
-                self.EXTENT, self.tr("Extent (empty: the whole raster)"), optional=True
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.DEVICE, self.tr("Device"), options=self.DEVICES, defaultValue=0
-            )
-        )
-        for name, label in (
-            (self.TILE_SIZE, "Tile size in pixels (0: the model's)"),
-            (self.OVERLAP, "Tile overlap in pixels (0: an eighth of the tile)"),
-            (self.BATCH_SIZE, "Tiles per batch (0: automatic)"),
-        ):
-            self.addParameter(
-                self.advanced(
-                    QgsProcessingParameterNumber(
-                        name,
-                        self.tr(label),
-                        type=QgsProcessingParameterNumber.Integer,
-                        defaultValue=0,
-                        minValue=0,
-                        optional=True,
-                    )
+                "Resolution (medium: 2x, low: 4x coarser pixels; faster, blockier)",
+                RESOLUTIONS,
+            ),
+            P.extent(self.EXTENT, "Extent (empty: the whole raster)"),
+            P.device(self.DEVICE),
+            P.advanced(P.integer(self.TILE_SIZE, "Tile size in pixels (0: the model's)", **ZERO)),
+            P.advanced(
+                P.integer(self.OVERLAP, "Tile overlap in pixels (0: an eighth of the tile)", **ZERO)
+            ),
+            P.advanced(P.integer(self.BATCH_SIZE, "Tiles per batch (0: automatic)", **ZERO)),
+            P.advanced(
+                P.flag(self.RESAMPLE_TO_MODEL, "Process at the model's pixel size (resample)")
+            ),
+            P.advanced(
+                P.integer(
+                    self.SMOOTHING, "Smoothing: minimum patch size in pixels (0: none)", **ZERO
                 )
-            )
-        self.addParameter(
-            self.advanced(
-                QgsProcessingParameterBoolean(
-                    self.RESAMPLE_TO_MODEL,
-                    self.tr("Process at the model's pixel size (resample)"),
-                    defaultValue=False,
-                )
-            )
-        )
-        self.addParameter(
-            self.advanced(
-                QgsProcessingParameterNumber(
-                    self.SMOOTHING,
-                    self.tr("Smoothing: minimum patch size in pixels (0: none)"),
-                    type=QgsProcessingParameterNumber.Integer,
-                    defaultValue=0,
-                    minValue=0,
-                    optional=True,
-                )
-            )
-        )
-        self.addParameter(
-            self.advanced(
-                QgsProcessingParameterString(
-                    self.BANDS,
-                    self.tr("Input bands fed to the model, e.g. 3,2,1 (empty: default)"),
-                    optional=True,
-                )
-            )
-        )
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Classes")))
-        self.addParameter(
-            QgsProcessingParameterRasterDestination(
+            ),
+            P.advanced(
+                P.text(self.BANDS, "Input bands fed to the model, e.g. 3,2,1 (empty: default)")
+            ),
+            P.raster_out(self.OUTPUT, "Classes"),
+            P.raster_out(
                 self.OUTPUT_PROBABILITY,
-                self.tr("Probability of the winning class (label-free: confidence)"),
+                "Probability of the winning class (label-free: confidence)",
                 optional=True,
-                createByDefault=False,
-            )
-        )
+            ),
+        ]
 
     def process(self, parameters, context, feedback):
         from ..core.infer.inputs import parse_bands
@@ -142,7 +77,7 @@ class SegmentRaster(MapSegAlgorithm):
         source = self.raster_source(parameters, self.INPUT, context)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         extent = None
-        if parameters.get(self.EXTENT) not in (None, ""):
+        if self.given(parameters, self.EXTENT):
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
             if not rect.isNull():
                 extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
@@ -154,16 +89,14 @@ class SegmentRaster(MapSegAlgorithm):
             tile_size=number(self.TILE_SIZE),
             overlap=number(self.OVERLAP),
             batch_size=number(self.BATCH_SIZE),
-            device=self.DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            device=self.choice(parameters, self.DEVICE, context),
             resample_to_model=self.parameterAsBool(parameters, self.RESAMPLE_TO_MODEL, context),
             num_segments=number(self.NUM_SEGMENTS),
             smoothing=number(self.SMOOTHING),
-            resolution=self.RESOLUTIONS[self.parameterAsEnum(parameters, self.RESOLUTION, context)],
+            resolution=self.choice(parameters, self.RESOLUTION, context),
             bands=parse_bands(self.parameterAsString(parameters, self.BANDS, context)),
         )
-        prob = None
-        if parameters.get(self.OUTPUT_PROBABILITY) not in (None, ""):
-            prob = self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITY, context)
+        prob = self.optional_output(parameters, self.OUTPUT_PROBABILITY, context)
         result = segment_raster(
             source,
             self.parameterAsFile(parameters, self.MODEL, context) or None,

@@ -6,47 +6,38 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsCsException,
     QgsFeatureRequest,
-    QgsProcessing,
     QgsProcessingException,
-    QgsProcessingParameterBand,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterVectorDestination,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QVariant
 
+from . import params as P
 from .base import MapSegAlgorithm
 
-DEVICES = ["auto", "cpu", "cuda"]
 
-
-def add_sam_inputs(alg) -> None:
+def sam_inputs(alg) -> list:
     """The checkpoint, RGB band and device parameters both SAM algorithms share."""
-    alg.addParameter(
-        QgsProcessingParameterFile(
+    return [
+        P.file_in(
             alg.CHECKPOINT,
-            alg.tr("Segment Anything checkpoint (.pth)"),
-            behavior=QgsProcessingParameterFile.File,
-            fileFilter="SAM checkpoint (*.pth *.pt);;All files (*)",
-        )
-    )
-    alg.addParameter(
-        QgsProcessingParameterBand(
-            alg.BANDS,
-            alg.tr("Bands used as red, green, blue (empty: 1, 2, 3)"),
-            parentLayerParameterName=alg.INPUT,
+            "Segment Anything checkpoint (.pth)",
+            "SAM checkpoint (*.pth *.pt);;All files (*)",
+            optional=False,
+        ),
+        P.band(alg.BANDS, "Bands used as red, green, blue (empty: 1, 2, 3)", alg.INPUT, True),
+        P.device(alg.DEVICE),
+    ]
+
+
+def processing_pixel_size(alg):
+    return P.advanced(
+        P.double(
+            alg.PROCESSING_PIXEL_SIZE,
+            "Processing pixel size in map units (0: the raster's)",
+            0.0,
+            minimum=0.0,
             optional=True,
-            allowMultiple=True,
         )
-    )
-    alg.addParameter(
-        QgsProcessingParameterEnum(alg.DEVICE, alg.tr("Device"), options=DEVICES, defaultValue=0)
     )
 
 
@@ -55,7 +46,7 @@ def load_sam(alg, parameters, context, feedback, checkpoint_name, device_name):
     from ..core.model.device import resolve_device
     from ..core.sam.checkpoint import describe, load_sam
 
-    device = resolve_device(DEVICES[alg.parameterAsEnum(parameters, device_name, context)])
+    device = resolve_device(alg.choice(parameters, device_name, context))
     path = alg.parameterAsFile(parameters, checkpoint_name, context)
     sam, config = load_sam(path, device)
     feedback.pushInfo(f"{describe(config)}, on {device}.")
@@ -105,59 +96,24 @@ class SegmentWithSam(MapSegAlgorithm):
     OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
 
-    def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        self.addParameter(
-            QgsProcessingParameterFeatureSource(
-                self.PROMPTS,
-                self.tr("Prompts (points, or polygons as boxes)"),
-                [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon],
-            )
-        )
-        for name, label, kind in (
-            (
-                self.LABEL_FIELD,
-                "Label field (1 foreground, 0 background)",
-                QgsProcessingParameterField.Numeric,
+    def parameters(self) -> list:
+        return [
+            P.raster(self.INPUT, "Input raster"),
+            P.features(
+                self.PROMPTS, "Prompts (points, or polygons as boxes)", P.POINTS + P.POLYGONS
             ),
-            (self.GROUP_FIELD, "Group field (one prompt per value)", None),
-            (self.CLASS_FIELD, "Class field (copied to the output)", None),
-        ):
-            self.addParameter(
-                QgsProcessingParameterField(
-                    name,
-                    self.tr(label),
-                    parentLayerParameterName=self.PROMPTS,
-                    type=kind if kind is not None else QgsProcessingParameterField.Any,
-                    optional=True,
-                )
-            )
-        add_sam_inputs(self)
-        self.addParameter(
-            self.advanced(
-                QgsProcessingParameterNumber(
-                    self.PROCESSING_PIXEL_SIZE,
-                    self.tr("Processing pixel size in map units (0: the raster's)"),
-                    type=QgsProcessingParameterNumber.Double,
-                    defaultValue=0.0,
-                    minValue=0.0,
-                    optional=True,
-                )
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(
-                self.OUTPUT, self.tr("SAM masks"), type=QgsProcessing.TypeVectorPolygon
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterRasterDestination(
-                self.OUTPUT_RASTER,
-                self.tr("Mask raster (prompt ids on the input grid)"),
-                optional=True,
-                createByDefault=False,
-            )
-        )
+            P.field(
+                self.LABEL_FIELD, "Label field (1 foreground, 0 background)", self.PROMPTS, True
+            ),
+            P.field(self.GROUP_FIELD, "Group field (one prompt per value)", self.PROMPTS),
+            P.field(self.CLASS_FIELD, "Class field (copied to the output)", self.PROMPTS),
+            *sam_inputs(self),
+            processing_pixel_size(self),
+            P.polygons_out(self.OUTPUT, "SAM masks"),
+            P.raster_out(
+                self.OUTPUT_RASTER, "Mask raster (prompt ids on the input grid)", optional=True
+            ),
+        ]
 
     def prompts(self, parameters, context, feedback, raster_crs):
         """Prompts in the raster's CRS: one per point feature or group, one box per polygon."""
@@ -235,9 +191,7 @@ class SegmentWithSam(MapSegAlgorithm):
         output, layer_name = split_destination(
             self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         )
-        raster = None
-        if parameters.get(self.OUTPUT_RASTER) not in (None, ""):
-            raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) or None
+        raster = self.optional_output(parameters, self.OUTPUT_RASTER, context)
         pixel = self.parameterAsDouble(parameters, self.PROCESSING_PIXEL_SIZE, context)
         stats = segment_with_prompts(
             source,

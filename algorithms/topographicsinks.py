@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-from qgis.core import (
-    QgsProcessing,
-    QgsProcessingOutputNumber,
-    QgsProcessingParameterBand,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterVectorDestination,
-)
-
+from . import params as P
 from .base import MapSegAlgorithm
 
 
@@ -33,71 +24,40 @@ class TopographicSinks(MapSegAlgorithm):
     SINK_COUNT = "SINK_COUNT"
     VOLUME = "VOLUME"
 
-    def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("DEM")))
-        self.addParameter(
-            QgsProcessingParameterBand(
-                self.BAND, self.tr("Elevation band"), 1, self.INPUT, optional=True
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.MIN_DEPTH,
-                self.tr("Minimum depth of a sink cell (elevation units)"),
-                QgsProcessingParameterNumber.Double,
-                0.0,
-                minValue=0.0,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
+    def parameters(self) -> list:
+        return [
+            P.raster(self.INPUT, "DEM"),
+            P.band(self.BAND, "Elevation band", self.INPUT),
+            P.double(
+                self.MIN_DEPTH, "Minimum depth of a sink cell (elevation units)", 0.0, minimum=0.0
+            ),
+            P.double(
                 self.MIN_AREA,
-                self.tr("Minimum sink polygon area (map units², m² if geographic)"),
-                QgsProcessingParameterNumber.Double,
+                "Minimum sink polygon area (map units², m² if geographic)",
                 0.0,
-                minValue=0.0,
-            )
-        )
-        self.addParameter(
-            self.advanced(
-                QgsProcessingParameterNumber(
+                minimum=0.0,
+            ),
+            P.advanced(
+                P.double(
                     self.MAX_DEPTH,
-                    self.tr("Cap depths at (elevation units; empty = no cap)"),
-                    QgsProcessingParameterNumber.Double,
-                    None,
+                    "Cap depths at (elevation units; empty = no cap)",
+                    minimum=0.0,
                     optional=True,
-                    minValue=0.0,
                 )
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterRasterDestination(self.OUTPUT_DEPTH, self.tr("Sink depth"))
-        )
-        self.addParameter(
-            QgsProcessingParameterRasterDestination(
-                self.OUTPUT_FILLED, self.tr("Filled DEM"), optional=True, createByDefault=False
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(
-                self.OUTPUT_SINKS,
-                self.tr("Sink polygons"),
-                QgsProcessing.TypeVectorPolygon,
-                optional=True,
-                createByDefault=False,
-            )
-        )
-        self.addOutput(QgsProcessingOutputNumber(self.SINK_CELLS, self.tr("Sink cells")))
-        self.addOutput(QgsProcessingOutputNumber(self.SINK_COUNT, self.tr("Sink polygons")))
-        self.addOutput(QgsProcessingOutputNumber(self.VOLUME, self.tr("Total sink volume")))
+            ),
+            P.raster_out(self.OUTPUT_DEPTH, "Sink depth"),
+            P.raster_out(self.OUTPUT_FILLED, "Filled DEM", optional=True),
+            P.polygons_out(self.OUTPUT_SINKS, "Sink polygons", optional=True),
+            P.number_out(self.SINK_CELLS, "Sink cells"),
+            P.number_out(self.SINK_COUNT, "Sink polygons"),
+            P.number_out(self.VOLUME, "Total sink volume"),
+        ]
 
     def process(self, parameters, context, feedback):
         from ..core.terrain.sinks import topographic_sinks
 
         src = self.raster_source(parameters, self.INPUT, context)
-        max_depth = None
-        if parameters.get(self.MAX_DEPTH) not in (None, ""):
-            max_depth = self.parameterAsDouble(parameters, self.MAX_DEPTH, context)
+        max_depth = self.optional_double(parameters, self.MAX_DEPTH, context)
         filled = self.parameterAsOutputLayer(parameters, self.OUTPUT_FILLED, context) or None
         sinks = self.parameterAsOutputLayer(parameters, self.OUTPUT_SINKS, context) or None
         result = topographic_sinks(

@@ -2,55 +2,19 @@
 
 from __future__ import annotations
 
-from qgis.core import (
-    QgsProcessing,
-    QgsProcessingException,
-    QgsProcessingOutputNumber,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterFileDestination,
-    QgsProcessingParameterMultipleLayers,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterString,
-)
+from qgis.core import QgsProcessingException
 
+from . import params as P
 from .base import MapSegAlgorithm
 
-# New architectures go at the end: scripts and saved models refer to them by index.
+# Choices are names (static strings): scripts and saved models refer to them by name.
 ARCHITECTURES = ["unet", "deeplabv3", "fcn", "refinenet", "sam"]
-LOSSES = [
-    ("ce", True, "Cross-entropy, class-weighted"),
-    ("dice_ce", True, "Dice + cross-entropy (class-weighted)"),
-    ("ce", False, "Cross-entropy, unweighted"),
-]
-DEVICES = ["auto", "cpu", "cuda"]
-
-
-def parse_options(text: str) -> dict:
-    """``"base_width=16, backbone=resnet50"`` -> ``{"base_width": 16, "backbone": "resnet50"}``."""
-    options = {}
-    for item in (text or "").replace(";", ",").split(","):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            raise QgsProcessingException(
-                f"Cannot read the network option '{item.strip()}': write key=value, e.g. "
-                "'base_width=16' or 'backbone=resnet50'."
-            )
-        key, value = (s.strip() for s in item.split("=", 1))
-        for cast in (int, float):
-            try:
-                options[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            low = value.lower()
-            options[key] = {"true": True, "false": False}.get(low, value)
-    return options
+# name -> (engine loss, class-weighted)
+LOSSES = {
+    "ce": ("ce", True),
+    "dice_ce": ("dice_ce", True),
+    "ce_unweighted": ("ce", False),
+}
 
 
 class TrainModel(MapSegAlgorithm):
@@ -86,141 +50,61 @@ class TrainModel(MapSegAlgorithm):
     VAL_MIOU = "VAL_MIOU"
     VAL_ACCURACY = "VAL_ACCURACY"
 
-    def initAlgorithm(self, config=None):
-        tr = self.tr
-        Num = QgsProcessingParameterNumber
-        self.addParameter(
-            QgsProcessingParameterMultipleLayers(
-                self.INPUT, tr("Input rasters"), QgsProcessing.TypeRaster
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterMultipleLayers(
-                self.LABELS,
-                tr("Label rasters (one per input, same order)"),
-                QgsProcessing.TypeRaster,
-                optional=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterFeatureSource(
-                self.LABEL_POLYGONS,
-                tr("Label polygons (instead of label rasters)"),
-                [QgsProcessing.TypeVectorPolygon],
-                optional=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterField(
-                self.CLASS_FIELD,
-                tr("Class field of the label polygons"),
-                parentLayerParameterName=self.LABEL_POLYGONS,
-                optional=True,
-            )
-        )
-        self.addParameter(
-            Num(
+    def parameters(self) -> list:
+        return [
+            P.rasters(self.INPUT, "Input rasters"),
+            P.rasters(self.LABELS, "Label rasters (one per input, same order)", optional=True),
+            P.features(
+                self.LABEL_POLYGONS, "Label polygons (instead of label rasters)", P.POLYGONS, True
+            ),
+            P.field(self.CLASS_FIELD, "Class field of the label polygons", self.LABEL_POLYGONS),
+            P.integer(
                 self.BACKGROUND_VALUE,
-                tr("Class of pixels outside every polygon (empty: unlabelled)"),
-                Num.Integer,
+                "Class of pixels outside every polygon (empty: unlabelled)",
                 optional=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterString(
-                self.CLASSES,
-                tr("Classes (value:name:#colour, ...)"),
-                optional=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.ARCHITECTURE, tr("Network architecture"), ARCHITECTURES, defaultValue=0
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterFile(
-                self.INIT_MODEL,
-                tr("Model to fine-tune"),
-                extension="pt",
-                optional=True,
-            )
-        )
-        self.addParameter(Num(self.EPOCHS, tr("Epochs"), Num.Integer, 30, minValue=1))
-        self.addParameter(
-            Num(
+            ),
+            P.text(self.CLASSES, "Classes (value:name:#colour, ...)"),
+            P.choice(self.ARCHITECTURE, "Network architecture", ARCHITECTURES),
+            P.file_in(self.INIT_MODEL, "Model to fine-tune", "MapSeg model (*.pt)"),
+            P.integer(self.EPOCHS, "Epochs", 30, minimum=1),
+            P.double(
                 self.MAX_TRAINING_TIME,
-                tr("Maximum training time (minutes, 0: no limit)"),
-                Num.Double,
+                "Maximum training time (minutes, 0: no limit)",
                 60.0,
-                minValue=0.0,
-            )
-        )
-        self.addParameter(
-            Num(self.TILE_SIZE, tr("Tile size (pixels)"), Num.Integer, 256, minValue=16)
-        )
-        adv = [
-            QgsProcessingParameterString(
-                self.ARCH_OPTIONS,
-                tr("Network options (key=value, ...)"),
-                optional=True,
+                minimum=0.0,
             ),
-            Num(self.BATCH_SIZE, tr("Batch size"), Num.Integer, 8, minValue=1),
-            Num(self.LEARNING_RATE, tr("Learning rate"), Num.Double, 0.001, minValue=1e-7),
-            Num(
-                self.VALIDATION_FRACTION,
-                tr("Validation fraction (spatial blocks)"),
-                Num.Double,
-                0.2,
-                minValue=0.0,
-                maxValue=0.9,
+            P.integer(self.TILE_SIZE, "Tile size (pixels)", 256, minimum=16),
+            *[P.advanced(param) for param in self._tuning()],
+            P.file_out(self.OUTPUT_MODEL, "Trained model", "MapSeg model (*.pt)"),
+            P.file_out(self.OUTPUT_REPORT, "Training report", "HTML files (*.html)", True),
+            P.number_out(self.VAL_MIOU, "Validation mIoU"),
+            P.number_out(self.VAL_ACCURACY, "Validation accuracy"),
+        ]
+
+    def _tuning(self) -> list:
+        return [
+            P.text(self.ARCH_OPTIONS, "Network options (key=value, ...)"),
+            P.integer(self.BATCH_SIZE, "Batch size", 8, minimum=1),
+            P.double(self.LEARNING_RATE, "Learning rate", 0.001, minimum=1e-7),
+            P.double(
+                self.VALIDATION_FRACTION, "Validation fraction (spatial blocks)", 0.2, 0.0, 0.9
             ),
-            QgsProcessingParameterEnum(
-                self.LOSS, tr("Loss"), [name for _, _, name in LOSSES], defaultValue=0
-            ),
-            QgsProcessingParameterBoolean(
-                self.AUGMENT, tr("Augment (flips, rotations, brightness)"), True
-            ),
-            QgsProcessingParameterEnum(self.DEVICE, tr("Device"), DEVICES, defaultValue=0),
-            Num(self.SEED, tr("Random seed"), Num.Integer, 0, minValue=0),
-            Num(
-                self.IGNORE_VALUE,
-                tr("Label value meaning 'not labelled'"),
-                Num.Integer,
-                255,
-            ),
-            QgsProcessingParameterFile(
+            P.choice(self.LOSS, "Loss", list(LOSSES)),
+            P.flag(self.AUGMENT, "Augment (flips, rotations, brightness)", True),
+            P.device(self.DEVICE),
+            P.integer(self.SEED, "Random seed", 0, minimum=0),
+            P.integer(self.IGNORE_VALUE, "Label value meaning 'not labelled'", 255),
+            P.file_in(
                 self.CHECKPOINT,
-                tr("Segment Anything checkpoint (.pth, for the sam architecture)"),
-                behavior=QgsProcessingParameterFile.File,
-                fileFilter="SAM checkpoint (*.pth);;All files (*)",
-                optional=True,
+                "Segment Anything checkpoint (.pth, for the sam architecture)",
+                "SAM checkpoint (*.pth);;All files (*)",
             ),
-            Num(
+            P.integer(
                 self.OBJECT_CLASS,
-                tr("Object class: this label value against all others (empty: every class)"),
-                Num.Integer,
+                "Object class: this label value against all others (empty: every class)",
                 optional=True,
             ),
         ]
-        for param in adv:
-            self.addParameter(self.advanced(param))
-        self.addParameter(
-            QgsProcessingParameterFileDestination(
-                self.OUTPUT_MODEL, tr("Trained model"), tr("MapSeg model (*.pt)")
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterFileDestination(
-                self.OUTPUT_REPORT,
-                tr("Training report"),
-                tr("HTML files (*.html)"),
-                optional=True,
-                createByDefault=True,
-            )
-        )
-        self.addOutput(QgsProcessingOutputNumber(self.VAL_MIOU, tr("Validation mIoU")))
-        self.addOutput(QgsProcessingOutputNumber(self.VAL_ACCURACY, tr("Validation accuracy")))
 
     def _raster_paths(self, parameters, name, context) -> list:
         paths = []
@@ -234,63 +118,10 @@ class TrainModel(MapSegAlgorithm):
         return paths
 
     def process(self, parameters, context, feedback) -> dict:
-        from ..core.train.job import TrainJob, train_model
-        from ..core.train.loop import FitConfig
+        from ..core.train.job import train_model
         from ..core.train.report import write_training_report
 
-        polygons, layer_name = "", ""
-        if parameters.get(self.LABEL_POLYGONS):
-            polygons, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
-                parameters, self.LABEL_POLYGONS, context, ["gpkg", "shp"], "gpkg", feedback
-            )
-        background = None
-        if parameters.get(self.BACKGROUND_VALUE) not in (None, ""):
-            background = self.parameterAsInt(parameters, self.BACKGROUND_VALUE, context)
-        architecture = ARCHITECTURES[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)]
-        arch_kwargs = parse_options(self.parameterAsString(parameters, self.ARCH_OPTIONS, context))
-        checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context)
-        if checkpoint and architecture != "sam":
-            raise QgsProcessingException(
-                "CHECKPOINT (a Segment Anything .pth) is only used with ARCHITECTURE sam."
-            )
-        if checkpoint:
-            arch_kwargs["checkpoint"] = checkpoint
-        loss_index = self.parameterAsEnum(parameters, self.LOSS, context)
-        if architecture == "sam" and parameters.get(self.LOSS) is None:
-            loss_index = 1  # SAM fine-tuning: dice + cross-entropy unless LOSS says otherwise
-        loss, weighted, _ = LOSSES[loss_index]
-        object_class = None
-        if parameters.get(self.OBJECT_CLASS) not in (None, ""):
-            object_class = self.parameterAsInt(parameters, self.OBJECT_CLASS, context)
-        job = TrainJob(
-            images=self._raster_paths(parameters, self.INPUT, context),
-            output=self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context),
-            label_rasters=self._raster_paths(parameters, self.LABELS, context),
-            polygons=polygons,
-            polygon_layer=layer_name or "",
-            class_field=self.parameterAsString(parameters, self.CLASS_FIELD, context),
-            background=background,
-            classes=self.parameterAsString(parameters, self.CLASSES, context),
-            ignore_value=self.parameterAsInt(parameters, self.IGNORE_VALUE, context),
-            architecture=architecture,
-            arch_kwargs=arch_kwargs,
-            object_class=object_class,
-            init_model=self.parameterAsFile(parameters, self.INIT_MODEL, context),
-            tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
-            val_fraction=self.parameterAsDouble(parameters, self.VALIDATION_FRACTION, context),
-            weighted=weighted,
-            fit=FitConfig(
-                epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
-                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                learning_rate=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
-                max_minutes=self.parameterAsDouble(parameters, self.MAX_TRAINING_TIME, context),
-                loss=loss,
-                augment=self.parameterAsBoolean(parameters, self.AUGMENT, context),
-                device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
-                seed=self.parameterAsInt(parameters, self.SEED, context),
-                balanced=architecture == "sam",  # as many tiles with the object as without
-            ),
-        )
+        job = self._job(parameters, context, feedback)
         if not job.output.lower().endswith(".pt"):
             job.output += ".pt"
         meta = train_model(job, self.reporter(feedback))
@@ -309,3 +140,69 @@ class TrainModel(MapSegAlgorithm):
                 "the stop."
             )
         return results
+
+    def _job(self, parameters, context, feedback):
+        """The engine's TrainJob from the dialog's values."""
+        from ..core.train.job import TrainJob
+        from ..core.train.loop import FitConfig
+
+        architecture = self.choice(parameters, self.ARCHITECTURE, context)
+        arch_kwargs = self._arch_kwargs(parameters, context, architecture)
+        loss, weighted = self._loss(parameters, context, architecture)
+        polygons, layer_name = self._polygons(parameters, context, feedback)
+        return TrainJob(
+            images=self._raster_paths(parameters, self.INPUT, context),
+            output=self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context),
+            label_rasters=self._raster_paths(parameters, self.LABELS, context),
+            polygons=polygons,
+            polygon_layer=layer_name,
+            class_field=self.parameterAsString(parameters, self.CLASS_FIELD, context),
+            background=self.optional_int(parameters, self.BACKGROUND_VALUE, context),
+            classes=self.parameterAsString(parameters, self.CLASSES, context),
+            ignore_value=self.parameterAsInt(parameters, self.IGNORE_VALUE, context),
+            architecture=architecture,
+            arch_kwargs=arch_kwargs,
+            object_class=self.optional_int(parameters, self.OBJECT_CLASS, context),
+            init_model=self.parameterAsFile(parameters, self.INIT_MODEL, context),
+            tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
+            val_fraction=self.parameterAsDouble(parameters, self.VALIDATION_FRACTION, context),
+            weighted=weighted,
+            fit=FitConfig(
+                epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+                learning_rate=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
+                max_minutes=self.parameterAsDouble(parameters, self.MAX_TRAINING_TIME, context),
+                loss=loss,
+                augment=self.parameterAsBoolean(parameters, self.AUGMENT, context),
+                device=self.choice(parameters, self.DEVICE, context),
+                seed=self.parameterAsInt(parameters, self.SEED, context),
+                balanced=architecture == "sam",  # as many tiles with the object as without
+            ),
+        )
+
+    def _arch_kwargs(self, parameters, context, architecture: str) -> dict:
+        from ..core.model.options import parse_net_options
+
+        kwargs = parse_net_options(self.parameterAsString(parameters, self.ARCH_OPTIONS, context))
+        checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context)
+        if checkpoint and architecture != "sam":
+            raise QgsProcessingException(
+                "CHECKPOINT (a Segment Anything .pth) is only used with ARCHITECTURE sam."
+            )
+        if checkpoint:
+            kwargs["checkpoint"] = checkpoint
+        return kwargs
+
+    def _loss(self, parameters, context, architecture: str) -> tuple:
+        name = self.choice(parameters, self.LOSS, context)
+        if architecture == "sam" and not self.given(parameters, self.LOSS):
+            name = "dice_ce"  # SAM fine-tuning: dice + cross-entropy unless LOSS says otherwise
+        return LOSSES[name]
+
+    def _polygons(self, parameters, context, feedback) -> tuple:
+        if not self.given(parameters, self.LABEL_POLYGONS):
+            return "", ""
+        path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+            parameters, self.LABEL_POLYGONS, context, ["gpkg", "shp"], "gpkg", feedback
+        )
+        return path, layer_name or ""

@@ -60,7 +60,7 @@ def test_text_classes_from_points_in_another_crs(provider, tmp_path):
     pts += [(500, 500, "forest")]  # outside the raster
     gpkg = points_file(tmp_path / "pts.gpkg", pts)  # WGS 84 degrees, raster in UTM 33N
     out, sp = str(tmp_path / "labels.tif"), str(tmp_path / "sp.tif")
-    params = {"INPUT": src, "POINTS": gpkg, "CLASS_FIELD": "kind", "METHOD": 0,
+    params = {"INPUT": src, "POINTS": gpkg, "CLASS_FIELD": "kind", "METHOD": "slic",
               "SUPERPIXEL_SIZE": 10, "OUTPUT": out, "OUTPUT_SUPERPIXELS": sp}  # fmt: skip
     res = run_alg(ALG, params)
     assert res["OUTPUT"] == out and res["OUTPUT_SUPERPIXELS"] == sp
@@ -92,7 +92,7 @@ def test_nc_landsat_points_agree_with_strata(provider, tmp_path):
     gdal.BuildVRT(vrt, files, separate=True).FlushCache()
     out = str(tmp_path / "nc_labels.tif")
     res = run_alg(ALG, {"INPUT": vrt, "POINTS": str(sample_file("landsat96_points.shp")),
-                        "CLASS_FIELD": "id", "METHOD": 2, "SUPERPIXEL_SIZE": 10,
+                        "CLASS_FIELD": "id", "METHOD": "watershed", "SUPERPIXEL_SIZE": 10,
                         "OUTPUT": out})  # fmt: skip
     lab = gdal.Open(out).ReadAsArray()
     strata = gdal.Open(str(sample_file("strata.tif"))).ReadAsArray()
@@ -112,7 +112,7 @@ def test_qgis_process_integer_classes(tmp_path):
                        field_type=ogr.OFTInteger, epsg=32633)  # fmt: skip
     out = str(tmp_path / "labels.tif")
     res = qgis_process_json(ALG, {"INPUT": src, "POINTS": gpkg, "CLASS_FIELD": "kind",
-                                  "METHOD": 1, "SUPERPIXEL_SIZE": 10, "OUTPUT": out})  # fmt: skip
+                                  "METHOD": "felzenszwalb", "SUPERPIXEL_SIZE": 10, "OUTPUT": out})  # fmt: skip
     results = res["results"]
     assert results["POINTS_USED"] == 3 and results["POINTS_OUTSIDE"] == 0
     ds = gdal.Open(out)

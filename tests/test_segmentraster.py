@@ -75,7 +75,7 @@ def test_qgis_process_with_extent_and_probability(tmp_path, provider, models):
             "EXTENT": extent,
             "TILE_SIZE": 0,
             "BATCH_SIZE": 3,
-            "DEVICE": 1,
+            "DEVICE": "cpu",
             "OUTPUT": part,
             "OUTPUT_PROBABILITY": prob,
         },

@@ -61,7 +61,7 @@ def test_qgis_process_num_segments_resolution_and_bands(tmp_path, model):
             "INPUT": src,
             "MODEL": model,
             "NUM_SEGMENTS": 3,
-            "RESOLUTION": 1,
+            "RESOLUTION": "medium",
             "BANDS": "2,3,4",
             "OUTPUT": dest,
         },

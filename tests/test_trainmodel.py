@@ -20,7 +20,7 @@ from test_train_core import scene
 from mapseg.core.model.modelfile import load_model
 
 FAST = {
-    "ARCHITECTURE": 0,
+    "ARCHITECTURE": "unet",
     "ARCH_OPTIONS": "base_width=4",
     "TILE_SIZE": 32,
     "BATCH_SIZE": 2,
@@ -97,7 +97,7 @@ def test_fine_tune_keeps_classes_and_normalisation(provider, trained, data, tmp_
         "trainmodel",
         {
             **FAST,
-            "ARCHITECTURE": 1,  # ignored: the model's architecture is kept
+            "ARCHITECTURE": "deeplabv3",  # ignored: the model's architecture is kept
             "INPUT": [data["img_path"]],
             "LABELS": [data["lab_path"]],
             "INIT_MODEL": str(base),

@@ -22,7 +22,7 @@ from mapseg.core.train.loop import FitConfig, fit
 TILE = 32
 # Bright squares (the object) in two of the nine 32 px tiles of a 96 x 96 scene.
 SQUARES = [(4, 6, 20, 22), (40, 70, 56, 86)]  # (row0, col0, row1, col1)
-FAST = {"ARCHITECTURE": 4, "TILE_SIZE": TILE, "BATCH_SIZE": 4, "LEARNING_RATE": 0.005}
+FAST = {"ARCHITECTURE": "sam", "TILE_SIZE": TILE, "BATCH_SIZE": 4, "LEARNING_RATE": 0.005}
 
 
 def squares_scene(size: int = 96, seed: int = 0):
@@ -251,5 +251,5 @@ def test_object_class_not_in_labels(provider, data, tmp_path, tiny_sam_checkpoin
 
 
 def test_checkpoint_with_another_architecture(provider, data, tmp_path, tiny_sam_checkpoint):
-    msg = bad_run(data, tmp_path, ARCHITECTURE=0, CHECKPOINT=str(tiny_sam_checkpoint))
+    msg = bad_run(data, tmp_path, ARCHITECTURE="unet", CHECKPOINT=str(tiny_sam_checkpoint))
     assert "only used with ARCHITECTURE sam" in msg

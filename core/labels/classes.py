@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from osgeo import gdal, ogr
@@ -265,3 +265,22 @@ def label_values(block: np.ndarray, unlabelled: Sequence[float]) -> np.ndarray:
     for v in unlabelled:
         mask &= block != v
     return mask
+
+
+def point_classes(values: Sequence, text: bool) -> Tuple[List[int], Dict[int, str]]:
+    """Class values of labelled points and their names: text classes are numbered 1, 2, ...
+    in sorted order; numbers must be integers."""
+    if text:
+        order = {name: i + 1 for i, name in enumerate(sorted(set(values)))}
+        return [order[v] for v in values], {i: name for name, i in order.items()}
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise MapSegError("holds values that are not numbers.") from None
+    if any(n != int(n) for n in numbers):
+        raise MapSegError(
+            "holds non-integer numbers. Classes must be integers, or text (text classes are "
+            "numbered 1, 2, ... in sorted order)."
+        )
+    classes = [int(n) for n in numbers]
+    return classes, {v: str(v) for v in set(classes)}
