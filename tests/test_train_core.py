@@ -18,9 +18,9 @@ from mapseg.core.io.normalize import normalise
 from mapseg.core.labels import classes as lab
 from mapseg.core.model.modelfile import build_model, load_model
 from mapseg.core.progress import Reporter
-from mapseg.core.train.dataset import Tile, TileReader, scan_tiles, spatial_split
+from mapseg.core.train.dataset import Tile, TileReader, TileSet, scan_tiles, spatial_split
 from mapseg.core.train.job import TrainJob, train_model
-from mapseg.core.train.loop import FitConfig
+from mapseg.core.train.loop import FitConfig, fit
 from mapseg.core.train.losses import class_weights
 
 LEVELS = np.array([300, 1500, 2700])  # band-1 value of classes 1, 2, 3 (uint16 imagery)
@@ -377,3 +377,90 @@ def test_model_info_of_missing_file_fails_cleanly(tmp_path, capsys):
 
     assert main([str(tmp_path / "none.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_labels_on_image_nodata_train_to_finite_weights(tmp_path, data):
+    # Three quarters of the image is nodata (0) while labels cover everything: tiles whose
+    # labels all lie on nodata hold no usable pixel and must never make a batch (a NaN loss).
+    img = data["img"].copy()
+    img[:, :, :96] = 0
+    img_path = write_raster(tmp_path / "holes.tif", img, nodata=0)
+    ds = gdal.Open(img_path)
+    layers = [lab.label_raster(data["lab_path"], ds, 255, Reporter())]
+    tiles = scan_tiles([ds], layers, 32, Reporter())
+    assert sorted({t.x for t in tiles}) == [96]  # only the column of tiles with image data
+    usable = int((img != 0).all(axis=0).sum())  # a few noisy pixels clip to 0 too
+    assert usable > 4000 and sum(sum(t.values.values()) for t in tiles) == usable
+    log = []
+    meta = train_model(
+        job(tmp_path, img_path, data["lab_path"], val_fraction=0.0, fit=fast_fit(epochs=3)),
+        Reporter(log=log.append),
+    )
+    assert sum(meta["training"]["train_pixels"]) == usable
+    assert meta["training"]["skipped_steps"] == 0
+    _, state = load_model(str(tmp_path / "model.pt"))
+    for k, v in state.items():
+        if v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+    assert all(np.isfinite(h["train_loss"]) for h in meta["history"])
+
+
+def preloaded_tiles(data):
+    """The 16 grid tiles (32 px) of the scene, in memory."""
+    from mapseg.core.io.normalize import band_stats
+
+    images = [gdal.Open(data["img_path"])]
+    layers = [lab.label_raster(data["lab_path"], images[0], 255, Reporter())]
+    tiles = scan_tiles(images, layers, 32, Reporter())
+    reader = TileReader(images, layers, [1, 2, 3], band_stats(images), 32)
+    return TileSet(reader, tiles, preload=True)
+
+
+def test_a_batch_with_a_non_finite_loss_is_skipped_and_logged(data):
+    from mapseg.nets import build_network
+
+    train = preloaded_tiles(data)
+    train.x[5] = np.inf  # a crafted tile: every batch holding it has a non-finite loss
+    torch.manual_seed(0)
+    net = build_network("unet", 3, 3, base_width=4)
+    log = []
+    cfg = FitConfig(epochs=2, batch_size=1, learning_rate=0.01, augment=False, seed=0)
+    result = fit(net, train, train, 3, None, cfg, Reporter(log=log.append))
+    # Batch size 1: the crafted tile is one batch per epoch, skipped each time.
+    assert result.extra["skipped_steps"] == 2
+    assert [h["skipped"] for h in result.history] == [1, 1]
+    assert [h["steps"] for h in result.history] == [15, 15]  # the finite batches that stepped
+    assert sum("were skipped" in m and "not finite" in m for m in log) == 2
+    for k, v in result.state_dict.items():
+        if v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+    for k, v in net.state_dict().items():  # the trained network itself, not only the copy
+        if v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+
+
+class MemoryLimited(torch.nn.Module):
+    """A real network that raises CUDA's out-of-memory error on batches above ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit, self.sizes = limit, []
+        self.body = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        self.sizes.append(x.shape[0])
+        return self.body(x)
+
+
+def test_out_of_memory_halves_the_batch_or_stops_clearly(data):
+    train = preloaded_tiles(data)
+    cfg = FitConfig(epochs=1, batch_size=8, augment=False, seed=0)
+    net = MemoryLimited(2)
+    result = fit(net, train, train, 3, None, cfg, Reporter())
+    # 16 tiles in 2 batches of 8, each run as 4 micro-batches of 2 (gradients accumulated).
+    assert result.extra["micro_batch"] == 2 and result.history[0]["steps"] == 2
+    assert net.sizes[:4] == [2, 2, 2, 2] and not result.stopped_early
+    with pytest.raises(MapSegError, match="ran out of memory even with one tile"):
+        fit(MemoryLimited(0), train, train, 3, None, cfg, Reporter())

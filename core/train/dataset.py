@@ -55,7 +55,9 @@ def scan_tiles(
     tile_size: int,
     reporter: Reporter,
 ) -> List[Tile]:
-    """Every grid tile with at least one labelled pixel, with its label value counts."""
+    """Every grid tile with at least one labelled pixel on image data, with its label value
+    counts. Labels on image nodata count nowhere: the reader masks them out, so a tile holding
+    only those would give batches without a labelled pixel (a NaN loss)."""
     grid = []
     for r, ds in enumerate(images):
         for row, y in enumerate(axis_starts(ds.RasterYSize, tile_size)):
@@ -67,12 +69,20 @@ def scan_tiles(
         lab = labels[t.raster].dataset.GetRasterBand(1).ReadAsArray(t.x, t.y, t.w, t.h)
         keep = label_values(lab, labels[t.raster].unlabelled)
         if keep.any():
+            keep &= _image_valid(images[t.raster], t)
+        if keep.any():
             vals, counts = np.unique(np.rint(lab[keep]).astype(np.int64), return_counts=True)
             t.values = {int(v): int(c) for v, c in zip(vals, counts)}
             tiles.append(t)
         if i % 16 == 0:
             reporter.fraction((i + 1) / len(grid))
     return tiles
+
+
+def _image_valid(ds: gdal.Dataset, t: Tile) -> np.ndarray:
+    """Where every band of the image holds data inside tile ``t``."""
+    block = ds.ReadAsArray(t.x, t.y, t.w, t.h).reshape(ds.RasterCount, t.h, t.w)
+    return valid_stack_mask(ds, range(1, ds.RasterCount + 1), block)
 
 
 def class_counts(tiles: Sequence[Tile], values: Sequence[int]) -> np.ndarray:

@@ -155,8 +155,8 @@ def _tile_sets(job, images, layers, tiles, classes, stats, reporter) -> TrainDat
 
 def _network(job: TrainJob, init_meta, init_state, bands: int, num_classes: int):
     seed_everything(job.fit.seed)  # the network's initial weights depend on the seed too
-    if init_meta is not None:
-        return build_model(init_meta, init_state)
+    if init_meta is not None:  # a fine-tuned SAM takes its frozen encoders from CHECKPOINT
+        return build_model(init_meta, init_state, str(job.arch_kwargs.get("checkpoint") or ""))
     from ...nets import build_network
 
     return build_network(job.architecture, bands, num_classes, **job.arch_kwargs)
@@ -172,6 +172,7 @@ def _training_record(job, result: FitResult, data: TrainData, weights) -> dict:
         "epochs": job.fit.epochs,
         "stopped_early": result.stopped_early,
         "stop_reason": result.stop_reason,
+        "skipped_steps": result.extra.get("skipped_steps", 0),
         "batch_size": job.fit.batch_size,
         "learning_rate": job.fit.learning_rate,
         "loss": job.fit.loss,

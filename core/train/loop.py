@@ -56,9 +56,25 @@ class FitResult:
     extra: dict = field(default_factory=dict)
 
 
+OOM_MESSAGE = (
+    "The GPU ran out of memory even with one tile per step, before any model was kept. Lower "
+    "TILE_SIZE, choose a smaller network (ARCH_OPTIONS) or train on the CPU (DEVICE cpu)."
+)
+
+
+class GpuMemoryError(Exception):
+    """CUDA ran out of memory even for a single-sample micro-batch."""
+
+
 class Trainer:
     """A network with its optimizer, schedule, loss and gradient scaler: ``step`` is the one
-    place where the optimizer steps (a distributed wrapper drives training through it)."""
+    place where the optimizer steps (a distributed wrapper drives training through it).
+
+    A step never makes the weights non-finite: a batch without a labelled pixel, a non-finite
+    loss or non-finite gradients skip the update (counted in ``skipped``). A CUDA out-of-memory
+    error halves the micro-batch (gradients are accumulated, so the step is the same) and
+    retries; below one sample it raises ``GpuMemoryError``.
+    """
 
     def __init__(self, net, cfg: FitConfig, criterion, device: str, total_steps: int) -> None:
         import torch
@@ -70,10 +86,10 @@ class Trainer:
         )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total_steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.steps = 0
+        self.steps, self.skipped, self.micro = 0, 0, 0  # micro 0: the whole batch at once
 
-    def step(self, xb: np.ndarray, yb: np.ndarray, gen) -> float:
-        """One optimizer step on a batch; returns its loss."""
+    def step(self, xb: np.ndarray, yb: np.ndarray, gen) -> float | None:
+        """One optimizer step on a batch; returns its loss (None: skipped)."""
         import torch
 
         x = torch.from_numpy(xb).to(self.device, non_blocking=True)
@@ -82,16 +98,71 @@ class Trainer:
             x, y = x.repeat(2, 1, 1, 1), y.repeat(2, 1, 1)
         if self.cfg.augment:
             x, y = augment_batch(x, y, gen)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-            logits = self.net(x)
-        loss = self.criterion(logits, y)
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.opt)
-        self.scaler.update()
+        loss = None
+        # Batch-norm statistics move in the forward pass: a skipped batch must not move them.
+        buffers = [b.detach().clone() for b in self.net.buffers()]
+        if bool((y != IGNORE_INDEX).any()):
+            loss = self._backward_fitting_memory(x, y)
+        if loss is None or not self._apply():
+            self.skipped += 1
+            self.opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, saved in zip(self.net.buffers(), buffers):
+                    b.copy_(saved)
+            loss = None
         self.sched.step()
         self.steps += 1
-        return float(loss.detach())
+        return loss
+
+    def _backward_fitting_memory(self, x, y) -> float | None:
+        """Gradients of the batch's loss, in micro-batches that fit CUDA memory."""
+        import torch
+
+        while True:
+            try:
+                return self._backward(x, y)
+            except torch.cuda.OutOfMemoryError:
+                self.opt.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                size = self.micro or len(x)
+                if size <= 1:
+                    raise GpuMemoryError() from None
+                self.micro = (size + 1) // 2
+
+    def _backward(self, x, y) -> float | None:
+        import torch
+
+        self.opt.zero_grad(set_to_none=True)
+        size, total = self.micro or len(x), 0.0
+        labelled = float((y != IGNORE_INDEX).sum())
+        for i in range(0, len(x), size):
+            xi, yi = x[i : i + size], y[i : i + size]
+            share = float((yi != IGNORE_INDEX).sum()) / labelled
+            if share == 0:
+                continue
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+                logits = self.net(xi)
+            loss = self.criterion(logits, yi)
+            if not bool(torch.isfinite(loss)):
+                return None
+            self.scaler.scale(loss * share).backward()
+            total += float(loss.detach()) * share
+        return total
+
+    def _apply(self) -> bool:
+        """Step the optimizer unless a gradient is non-finite (AMP: the scaler checks)."""
+        import torch
+
+        if not self.amp:
+            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in grads])
+            )
+            if not bool(torch.isfinite(norm)):
+                return False
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return True
 
     def lr(self) -> float:
         return float(self.opt.param_groups[0]["lr"])
@@ -157,8 +228,13 @@ def _train_epoch(trainer: Trainer, train: TileSet, order, bs: int, gen, clock: C
     trainer.net.train()
     loss_sum, n_batches, stop = 0.0, 0, ""
     for xb, yb in train.batches(order, bs):
-        loss_sum += trainer.step(xb, yb, gen)
-        n_batches += 1
+        try:
+            loss = trainer.step(xb, yb, gen)
+        except GpuMemoryError:
+            return loss_sum, n_batches, "memory"
+        if loss is not None:
+            loss_sum += loss
+            n_batches += 1
         stop = clock.tick(trainer.steps / total)
         if stop:
             break
@@ -186,6 +262,11 @@ def _log_epoch(reporter: Reporter, entry: dict, epochs: int, partial: bool) -> N
         f"{entry['val_miou']:.3f}, accuracy {entry['val_accuracy']:.3f} "
         f"({entry['seconds']:.1f} s)"
     )
+    if entry.get("skipped"):
+        reporter.warn(
+            f"{entry['skipped']} batch(es) of epoch {entry['epoch']} were skipped: their loss or "
+            "gradients were not finite (the weights were left unchanged)."
+        )
 
 
 def fit(
@@ -219,31 +300,41 @@ def fit(
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         order = _epoch_order(train, rng, bs, tile_p)
+        skipped = trainer.skipped
         loss_sum, n_batches, stop = _train_epoch(trainer, train, order, bs, gen, clock, total_steps)
         train_seconds = time.perf_counter() - t0
-        if stop == "canceled" and best.state is not None:
-            break  # a cancel keeps the best completed epoch and does not validate again
-        v_loss, cm = score_tiles(net, check_set, num_classes, bs, device, criterion)
+        if stop == "memory" and best.state is None:
+            raise MapSegError(OOM_MESSAGE)
+        if stop in ("canceled", "memory") and best.state is not None:
+            break  # keep the best completed epoch; do not validate again
+        vbs = trainer.micro or bs  # after an out-of-memory error, validate in micro-batches
+        v_loss, cm = score_tiles(net, check_set, num_classes, vbs, device, criterion)
         scores = cm.scores(class_names)
         best.offer(net, v_loss, cm, scores)
         entry = _epoch_entry(epoch, loss_sum, n_batches, v_loss, scores, trainer, t0, stop)
         entry["train_seconds"] = round(train_seconds, 4)  # the training steps only
+        entry["skipped"] = trainer.skipped - skipped
         history.append(entry)
         _log_epoch(reporter, entry, cfg.epochs, bool(stop))
         if stop:
             break
     if stop:
         warn_stopped(reporter, stop, len(history), "epoch(s)")
-    metrics = best.cm.scores(class_names)
-    metrics["evaluated_on"] = "validation tiles" if len(val) else "training tiles"
+    return _result(best, class_names, bool(len(val)), history, trainer, clock, stop)
+
+
+def _result(best: BestModel, names, validated: bool, history, trainer, clock, stop) -> FitResult:
+    metrics = best.cm.scores(names)
+    metrics["evaluated_on"] = "validation tiles" if validated else "training tiles"
     return FitResult(
         state_dict=best.state,
         history=history,
         metrics=metrics,
-        device=device,
+        device=trainer.device,
         seconds=clock.elapsed(),
         epochs_run=len(history),
         stopped_early=bool(stop),
         stop_reason=stop,
         amp=trainer.amp,
+        extra={"skipped_steps": trainer.skipped, "micro_batch": trainer.micro},
     )

@@ -15,6 +15,7 @@ from typing import List, Sequence
 import numpy as np
 
 from ..errors import MapSegError
+from .schedule import STOP_REASONS
 
 STYLE = (
     "<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:"
@@ -32,7 +33,7 @@ def _head(title: str, tr: dict, kept: str) -> list:
         f"</head><body><h1>{title}</h1>",
     ]
     if tr.get("stopped_early"):
-        why = "canceled by the user" if tr.get("stop_reason") == "canceled" else "time limit"
+        why = STOP_REASONS.get(tr.get("stop_reason"), "time limit")
         parts.append(
             f"<p><b>Training was stopped early ({why}).</b> The model holds {kept} found "
             "before the stop.</p>"

@@ -67,9 +67,17 @@ class Clock:
         return ""
 
 
+# Why training stopped early, as the log and the report say it.
+STOP_REASONS = {
+    "canceled": "canceled by the user",
+    "time": "time limit reached",
+    "memory": "the GPU ran out of memory even with one tile per step",
+}
+
+
 def warn_stopped(reporter: Reporter, reason: str, count: int, unit: str) -> None:
     """The log line of an early stop: why, after how much, and that the best model is kept."""
-    what = "canceled by the user" if reason == "canceled" else "time limit reached"
+    what = STOP_REASONS.get(reason, reason)
     reporter.warn(
         f"Training was stopped early ({what}) after {count} {unit}; the best model so far is kept."
     )
