@@ -8,7 +8,8 @@ from ..errors import MapSegError
 from ..progress import Reporter
 from .segments import check_segments
 
-PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# core/infer/inputs.py -> the plugin folder (three levels up)
+PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_MODEL = os.path.join("weights", "mapseg_default.pt")
 RESOLUTIONS = {"full": 1, "medium": 2, "low": 4}
 

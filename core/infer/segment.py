@@ -31,7 +31,8 @@ from ..model.device import resolve_device
 from ..model.modelfile import build_model, load_model
 from ..model.network import Network, default_batch
 from ..progress import Reporter
-from .inputs import check_options, model_bands, resolve_model
+from .band_plan import choose_bands
+from .inputs import check_options, resolve_model
 from .plan import (
     PROB_NODATA,
     Plan,
@@ -189,7 +190,7 @@ def open_inputs(
     meta, state = load_model(model_path)
     factor = check_options(opts, meta["mode"] == "unsupervised")
     info = raster_info(open_raster(input_path))
-    bands = model_bands(meta, model_path, info.count, opts.bands, reporter)
+    bands = choose_bands(meta, model_path, input_path, opts.bands, reporter)
     warnings: list = []
 
     def warn(msg: str) -> None:

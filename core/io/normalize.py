@@ -14,6 +14,7 @@ import numpy as np
 from osgeo import gdal
 
 from ..errors import MapSegError
+from .masks import valid_in_mask
 from .raster import Window, valid_mask
 
 LOW_PERCENTILE = 1.0
@@ -46,7 +47,7 @@ def band_stats(
     for ds in datasets:
         for win in sample_windows(ds.RasterXSize, ds.RasterYSize):
             block = read_stack(ds, bands, win)
-            keep = valid_stack_mask(ds, bands, block)
+            keep = valid_stack_mask(ds, bands, block) & valid_in_mask(ds, bands, win)
             if keep.any():
                 samples.append(block[:, keep])
     if not samples:

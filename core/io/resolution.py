@@ -23,6 +23,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from ..progress import Reporter
+from .masks import alpha_mask
 from .raster import RasterInfo, block_size, valid_mask, windows
 from .tiling import Window, extent_window
 
@@ -161,7 +162,9 @@ def mask_nodata(ds: gdal.Dataset, window: Window, out, nodata: float, reporter: 
 def select_bands(path: str, bands: list[int], folder: str) -> str:
     """A VRT of ``bands`` (1-based, in that order) of ``path``; nothing is copied."""
     out = os.path.join(folder, "input_bands.vrt")
-    gdal.Translate(out, path, format="VRT", bandList=list(bands))
+    # an alpha band left out becomes the VRT's mask: alpha 0 is nodata (core.io.masks)
+    mask = alpha_mask(gdal.Open(path), bands)
+    gdal.Translate(out, path, format="VRT", bandList=list(bands), maskBand=mask)
     return out
 
 

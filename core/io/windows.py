@@ -14,6 +14,7 @@ from typing import Sequence, Tuple
 import numpy as np
 from osgeo import gdal
 
+from .masks import explicit_mask, read_mask
 from .normalize import normalise
 from .raster import valid_mask
 from .tiling import Window, read_padded
@@ -33,6 +34,8 @@ class BandWindows:
         self.maskable = any(h.DataType in _FLOATS for h in handles) or any(
             v is not None for v in self.nodata
         )
+        self.mask = explicit_mask(ds, self.bands)  # e.g. an RGBA orthophoto's alpha (masks.py)
+        self.maskable = self.maskable or self.mask is not None
 
     def raw(self, win: Window) -> np.ndarray:
         """(bands, rows, cols) in the raster's own data type; ``win`` inside the raster."""
@@ -59,6 +62,9 @@ class BandWindows:
         block, (cw, ch) = read_padded(self.raw, win, self.ds.RasterXSize, self.ds.RasterYSize)
         x = normalise(block, self.stats, out=out)
         ok = self.valid(block)
+        if self.mask is not None:
+            size = (self.ds.RasterXSize, self.ds.RasterYSize)
+            ok &= read_padded(lambda w: read_mask(self.mask, w)[None], win, *size)[0][0]
         if not padding_valid:
             ok[ch:, :] = False
             ok[:, cw:] = False
