@@ -22,8 +22,9 @@ lint: setup
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# make zip URL=https://github.com/<owner>/mapseg EMAIL=<address>: a release zip (see make_zip.sh)
 zip:
-	@bash scripts/make_zip.sh
+	@URL="$(URL)" EMAIL="$(EMAIL)" bash scripts/make_zip.sh
 
 clean:
 	rm -rf build dist

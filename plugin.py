@@ -76,7 +76,8 @@ class MapSegPlugin:
         from .provider import MapSegProvider
 
         self.provider = MapSegProvider()
-        QgsApplication.processingRegistry().addProvider(self.provider)
+        if not QgsApplication.processingRegistry().addProvider(self.provider):
+            self.provider = None  # already registered (the registry deleted this one)
 
     def initGui(self):
         from .provider import HERE
@@ -112,7 +113,8 @@ class MapSegPlugin:
             self.iface.removePluginMenu(MENU, self.action)
             self.action = None
         if self.dialog is not None:
-            self.dialog.close()
+            self.dialog.shutdown()
+            self.dialog.deleteLater()
             self.dialog = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)

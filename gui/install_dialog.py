@@ -40,8 +40,13 @@ from ..install.run import EVENT
 
 PACKAGE = __package__.split(".")[0]  # "mapseg": the plugin folder's name
 PLUGINS_DIR = Path(__file__).absolute().parents[2]  # the folder holding the plugin
-# Modules the algorithms import (base.PIP_NAMES' keys): ready once all import.
-MODULES = ("torch", "torchvision", "sklearn", "skimage", "whitebox_workflows", "segment_anything")
+
+
+def required_modules() -> tuple:
+    """The modules the algorithms import (``REQUIRES``): ready once they all import."""
+    from ..algorithms import ALGORITHMS
+
+    return tuple(sorted({m for cls in ALGORITHMS for m in cls.REQUIRES}))
 
 
 class InstallDialog(QDialog):
@@ -56,7 +61,7 @@ class InstallDialog(QDialog):
         self.target = Path(target) if target else dependency_folder()
         self.packages = list(packages or REQUIREMENTS)
         self.pip_args = list(pip_args or [])
-        self.modules = tuple(modules if modules is not None else MODULES)
+        self.modules = tuple(modules if modules is not None else required_modules())
         self.process = None
         self.plan = None
         self.partial = None
@@ -291,6 +296,16 @@ class InstallDialog(QDialog):
             )
         self._show_installed()
         self._set_state("idle")
+
+    def shutdown(self) -> None:
+        """Stop whatever runs now (the plugin is unloading) and close."""
+        if self.process is not None:
+            self.cancel_file.write_text("cancel", encoding="utf-8")
+            if not self.process.waitForFinished(15000):
+                self.process.kill()
+                self.process.waitForFinished(5000)
+        self._set_state("idle")
+        self.close()
 
     def closeEvent(self, event):  # noqa: N802 - Qt override
         if self.state != "idle":

@@ -46,8 +46,6 @@ def candidates(
     major, minor = version[0], version[1]
     names = [f"python{major}.{minor}", f"python{major}", "python"]
     found = []
-    if executable and _PYTHON_NAME.fullmatch(exe.name):
-        found.append(exe)  # a plain Python (qgis_process run by a venv, PyQGIS scripts)
     if platform == "win32":
         apps = exe.parent.parent / "apps" / f"Python{major}{minor}"
         found += [pre / "python.exe", apps / "python.exe", exe.parent / "python.exe"]
@@ -60,6 +58,10 @@ def candidates(
     else:
         for folder in (pre / "bin", exe.parent, pure("/usr/bin"), pure("/usr/local/bin")):
             found += [folder / n for n in names]
+    # A Python-named sys.executable last: embedded in QGIS on Linux it is whatever "python3"
+    # PATH finds first (a pyenv shim, say), not necessarily the Python QGIS runs.
+    if executable and _PYTHON_NAME.fullmatch(exe.name):
+        found.append(exe)
     unique = []
     for path in found:
         if str(path) not in {str(p) for p in unique}:
@@ -80,15 +82,38 @@ def probe(python: str | os.PathLike, env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def installed_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _mismatch(info: dict, version: tuple, expect: dict) -> str | None:
+    """Why a probed interpreter is not QGIS's, or None when it is."""
+    if tuple(info["version"]) != version:
+        return f"Python {info['version'][0]}.{info['version'][1]}"
+    for key, want in expect.items():
+        if want and info.get(key) != want:
+            return f"{key} {info.get(key) or 'missing'}, QGIS has {want}"
+    return None if info["pip"] else "no pip"
+
+
 def find_python(
     executable: str | None = None,
     prefix: str | None = None,
     platform: str | None = None,
     version: tuple | None = None,
+    expect: dict | None = None,
 ) -> Path:
-    """QGIS's own Python: the first candidate that exists, runs as this Python version, and
-    has pip. Raises InstallError saying what was tried otherwise."""
+    """QGIS's own Python: the first candidate that exists, runs as this Python version, sees
+    the numpy and GDAL this process (QGIS) has, and has pip. Raises InstallError saying what
+    was tried otherwise."""
     version = tuple(version or sys.version_info[:2])
+    if expect is None:
+        expect = {"numpy": installed_version("numpy"), "gdal": installed_version("GDAL")}
     tried = []
     for path in candidates(
         executable if executable is not None else sys.executable,
@@ -103,12 +128,10 @@ def find_python(
         except InstallError as err:
             tried.append(f"{path}: {err}")
             continue
-        if tuple(info["version"]) != version:
-            tried.append(f"{path}: Python {info['version'][0]}.{info['version'][1]}")
-        elif not info["pip"]:
-            tried.append(f"{path}: no pip")
-        else:
+        reason = _mismatch(info, version, expect)
+        if reason is None:
             return Path(str(path))
+        tried.append(f"{path}: {reason}")
     detail = "; ".join(tried) or "no candidate exists"
     raise InstallError(
         f"Could not find QGIS's Python {version[0]}.{version[1]} with pip ({detail}). On "

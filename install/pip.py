@@ -24,15 +24,24 @@ from pathlib import Path
 
 from .cuda import torch_index
 
-# The runtime requirements (the top of requirements.txt): pip names.
-REQUIREMENTS = (
-    "torch",
-    "torchvision",
-    "scikit-learn",
-    "scikit-image",
-    "whitebox-workflows",
-    "segment-anything",
-)
+REQUIREMENTS_TXT = Path(__file__).resolve().parents[1] / "requirements.txt"
+
+
+def runtime_requirements(path: Path = REQUIREMENTS_TXT) -> tuple:
+    """The runtime part of the plugin's requirements.txt (it ships in the plugin zip): the
+    lines before ``# Development``, without comments."""
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# Development"):
+            break
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            found.append(requirement)
+    return tuple(found)
+
+
+# What the installer installs: one list, kept in requirements.txt.
+REQUIREMENTS = runtime_requirements()
 # Distributions QGIS owns: pinned to QGIS's versions and never written into the folder.
 PROTECTED = ("numpy", "gdal")
 
