@@ -41,14 +41,21 @@ def processing_pixel_size(alg):
     )
 
 
-def load_sam(alg, parameters, context, feedback, checkpoint_name, device_name):
-    """(sam, config) on the chosen device, with a log line naming the encoder found."""
+def load_sam(alg, parameters, context, feedback, checkpoint_name, device_name, model_name=None):
+    """(sam, config) on the chosen device, with a log line naming the encoder found; with a
+    fine-tuned model (``model_name`` given and set), its mask decoder replaces SAM's own."""
     from ..core.model.device import resolve_device
     from ..core.sam.checkpoint import describe, load_sam
+    from ..core.sam.finetune import load_finetuned_sam
 
     device = resolve_device(alg.choice(parameters, device_name, context))
     path = alg.parameterAsFile(parameters, checkpoint_name, context)
-    sam, config = load_sam(path, device)
+    model = alg.parameterAsFile(parameters, model_name, context) if model_name else ""
+    if model:
+        sam, config = load_finetuned_sam(model, path, device)
+        feedback.pushInfo(f"The mask decoder fine-tuned in {model}.")
+    else:
+        sam, config = load_sam(path, device)
     feedback.pushInfo(f"{describe(config)}, on {device}.")
     return sam, config
 
@@ -90,6 +97,7 @@ class SegmentWithSam(MapSegAlgorithm):
     GROUP_FIELD = "GROUP_FIELD"
     CLASS_FIELD = "CLASS_FIELD"
     CHECKPOINT = "CHECKPOINT"
+    MODEL = "MODEL"
     BANDS = "BANDS"
     DEVICE = "DEVICE"
     PROCESSING_PIXEL_SIZE = "PROCESSING_PIXEL_SIZE"
@@ -108,6 +116,11 @@ class SegmentWithSam(MapSegAlgorithm):
             P.field(self.GROUP_FIELD, "Group field (one prompt per value)", self.PROMPTS),
             P.field(self.CLASS_FIELD, "Class field (copied to the output)", self.PROMPTS),
             *sam_inputs(self),
+            P.file_in(
+                self.MODEL,
+                "Fine-tuned SAM model (.pt from Train Model; empty: the checkpoint's decoder)",
+                "MapSeg model (*.pt)",
+            ),
             processing_pixel_size(self),
             P.polygons_out(self.OUTPUT, "SAM masks"),
             P.raster_out(
@@ -187,7 +200,9 @@ class SegmentWithSam(MapSegAlgorithm):
         prompts, class_type, grouped = self.prompts(parameters, context, feedback, layer.crs())
         if not prompts:
             raise QgsProcessingException("The prompt layer has no feature to segment.")
-        sam, _ = load_sam(self, parameters, context, feedback, self.CHECKPOINT, self.DEVICE)
+        sam, _ = load_sam(
+            self, parameters, context, feedback, self.CHECKPOINT, self.DEVICE, self.MODEL
+        )
         output, layer_name = split_destination(
             self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         )

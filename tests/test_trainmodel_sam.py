@@ -1,5 +1,6 @@
 """Fine-tuning SAM through Train Model: frozen encoders, trained decoder, balanced tiles, and a
-model file that Segment Raster uses without the original checkpoint."""
+small model file (the decoder and the checkpoint's identity) that Segment Raster and Segment
+With SAM use with that checkpoint, and with no other."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import qgis_process_json, read_raster, run_alg, write_raster
-from osgeo import gdal
+from conftest import build_tiny_sam, qgis_process_json, read_raster, run_alg, write_raster
+from osgeo import gdal, ogr
+from test_segmentwithsam import write_vector
 
 from mapseg.core.io.normalize import band_stats
 from mapseg.core.labels.classes import label_raster
-from mapseg.core.model.modelfile import load_model
+from mapseg.core.model.modelfile import load_model, save_model
 from mapseg.core.progress import Reporter
 from mapseg.core.train.dataset import TileReader, TileSet, scan_tiles
 from mapseg.core.train.loop import FitConfig, fit
@@ -73,15 +75,24 @@ def trained(provider, data):
 
 
 def check_weights(state: dict, checkpoint: dict) -> None:
-    """Encoder and prompt encoder as in the checkpoint; the mask decoder moved."""
+    """Only the mask decoder is in the model file (the encoders are the checkpoint's); it moved."""
     frozen = [k for k in checkpoint if k.startswith(("image_encoder.", "prompt_encoder."))]
     decoder = [k for k in checkpoint if k.startswith("mask_decoder.")]
     assert len(frozen) > 20 and len(decoder) > 20
-    assert set(state) == {f"sam.{k}" for k in checkpoint}
-    for k in frozen:
-        assert torch.equal(state[f"sam.{k}"], checkpoint[k]), k
+    assert set(state) == {f"sam.{k}" for k in decoder}
     moved = [k for k in decoder if not torch.equal(state[f"sam.{k}"], checkpoint[k])]
     assert len(moved) > len(decoder) // 2
+
+
+def whole_sam_model(model: str, checkpoint: str, dest: str) -> str:
+    """The model file as MapSeg wrote it before decoder-only files: the whole SAM (the
+    checkpoint's frozen encoders and the fine-tuned decoder) and no checkpoint identity."""
+    meta, state = load_model(model)
+    frozen = torch.load(checkpoint, weights_only=True)
+    whole = {f"sam.{k}": v for k, v in frozen.items() if not k.startswith("mask_decoder.")}
+    kwargs = {k: v for k, v in meta["arch_kwargs"].items() if k != "checkpoint_id"}
+    save_model(dest, dict(meta, arch_kwargs=kwargs), {**whole, **state})
+    return dest
 
 
 def test_fine_tunes_sam_through_processing(trained, data, tiny_sam_checkpoint):
@@ -101,11 +112,12 @@ def test_fine_tunes_sam_through_processing(trained, data, tiny_sam_checkpoint):
     assert len(losses) == 4 and losses[-1] < losses[0]
 
 
-def test_segment_raster_uses_the_fine_tuned_model(trained, data):
+def test_segment_raster_uses_the_fine_tuned_model(trained, data, tiny_sam_checkpoint):
     _, model = trained
-    assert not os.path.exists(data["ckpt"])  # the original checkpoint is gone
+    assert not os.path.exists(data["ckpt"])  # the copy trained from is gone: a renamed one does
     dest = str(data["dir"] / "classes.tif")
-    run_alg("segmentraster", {"INPUT": data["img_path"], "MODEL": str(model), "OUTPUT": dest})
+    params = {"INPUT": data["img_path"], "MODEL": str(model), "OUTPUT": dest}
+    run_alg("segmentraster", {**params, "CHECKPOINT": str(tiny_sam_checkpoint)})
     src, ds = gdal.Open(data["img_path"]), gdal.Open(dest)
     assert (ds.RasterXSize, ds.RasterYSize) == (96, 96)
     assert ds.GetGeoTransform() == src.GetGeoTransform()
@@ -115,6 +127,74 @@ def test_segment_raster_uses_the_fine_tuned_model(trained, data):
     # The decoder learnt the squares, and tiled, blended inference finds them again.
     obj, truth = pred == 1, data["mask"] == 1
     assert (obj & truth).sum() / (obj | truth).sum() > 0.9
+    # The same classes as the whole-SAM model file MapSeg wrote before, which is much larger.
+    old = whole_sam_model(str(model), str(tiny_sam_checkpoint), str(data["dir"] / "whole.pt"))
+    before = str(data["dir"] / "before.tif")
+    run_alg("segmentraster", {**params, "MODEL": old, "OUTPUT": before})
+    np.testing.assert_array_equal(read_raster(before), pred)
+    encoder = sum(
+        v.numel() * v.element_size()
+        for k, v in torch.load(tiny_sam_checkpoint, weights_only=True).items()
+        if not k.startswith("mask_decoder.")
+    )
+    assert os.path.getsize(model) + encoder < os.path.getsize(old) + 64 * 1024
+
+
+def test_segment_raster_asks_for_the_checkpoint_and_refuses_another(trained, data, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    _, model = trained
+    dest = tmp_path / "classes.tif"
+    params = {"INPUT": data["img_path"], "MODEL": str(model), "OUTPUT": str(dest)}
+    with pytest.raises(QgsProcessingException, match=r"sam_copy\.pth.*as CHECKPOINT"):
+        run_alg("segmentraster", params)
+    other = tmp_path / "other_sam.pth"
+    torch.save(build_tiny_sam(seed=3).state_dict(), other)  # same shapes, other weights
+    with pytest.raises(QgsProcessingException) as err:
+        run_alg("segmentraster", {**params, "CHECKPOINT": str(other)})
+    msg = str(err.value)
+    assert "not the SAM checkpoint this model was fine-tuned from" in msg
+    assert "sam_copy.pth" in msg and "other_sam.pth" in msg
+    assert not dest.exists() and not list(tmp_path.glob("classes*"))
+
+
+def test_segment_with_sam_uses_the_fine_tuned_decoder(trained, data, tiny_sam_checkpoint, tmp_path):
+    """A box over each square: the fine-tuned decoder finds the squares, SAM's random one not."""
+    from qgis.core import QgsProcessingException
+
+    _, model = trained
+    gt = gdal.Open(data["img_path"]).GetGeoTransform()
+    boxes = []
+    for r0, c0, r1, c1 in SQUARES:  # the box of each square, 2 px wider, in map coordinates
+        x0, x1 = gt[0] + (c0 - 2) * gt[1], gt[0] + (c1 + 2) * gt[1]
+        y0, y1 = gt[3] + (r1 + 2) * gt[5], gt[3] + (r0 - 2) * gt[5]
+        boxes.append((f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))", {}))
+    prompts = write_vector(tmp_path / "boxes.gpkg", boxes, kind=ogr.wkbPolygon)
+    params = {
+        "INPUT": data["img_path"],
+        "PROMPTS": prompts,
+        "CHECKPOINT": str(tiny_sam_checkpoint),
+        "DEVICE": "cpu",
+    }
+    ious = {}
+    for name, extra in (("tuned", {"MODEL": str(model)}), ("plain", {})):
+        raster = tmp_path / f"{name}.tif"
+        out = {"OUTPUT": str(tmp_path / f"{name}.gpkg"), "OUTPUT_RASTER": str(raster)}
+        run_alg("segmentwithsam", {**params, **extra, **out})
+        found, truth = read_raster(str(raster)) > 0, data["mask"] == 1
+        ious[name] = (found & truth).sum() / max((found | truth).sum(), 1)
+    # It learnt "the bright squares" from boxes covering whole tiles, at another scale: it finds
+    # most of both squares; the checkpoint's random decoder finds next to nothing.
+    assert ious["tuned"] > 0.5 and ious["tuned"] > 4 * ious["plain"]
+    other = tmp_path / "other_sam.pth"
+    torch.save(build_tiny_sam(seed=3).state_dict(), other)
+    dest = tmp_path / "refused.gpkg"
+    with pytest.raises(QgsProcessingException, match="not the SAM checkpoint this model"):
+        run_alg(
+            "segmentwithsam",
+            {**params, "MODEL": str(model), "CHECKPOINT": str(other), "OUTPUT": str(dest)},
+        )
+    assert not dest.exists()
 
 
 def test_fine_tunes_sam_through_qgis_process(provider, data, tiny_sam_checkpoint, tmp_path):

@@ -111,8 +111,11 @@ def load_model(path: str, map_location: str = "cpu") -> tuple[dict, dict]:
     return meta, payload["state_dict"]
 
 
-def build_model(meta: dict, state_dict: dict | None = None):
-    """The torch module described by ``meta``, with weights loaded when given."""
+def build_model(meta: dict, state_dict: dict | None = None, checkpoint: str = ""):
+    """The torch module described by ``meta``, with weights loaded when given.
+
+    ``checkpoint``: the file holding a model's frozen weights when its own file does not (a
+    fine-tuned SAM: its Segment Anything checkpoint, checked against ``checkpoint_id``)."""
     from ...nets import build_network
 
     num_out = (
@@ -121,6 +124,13 @@ def build_model(meta: dict, state_dict: dict | None = None):
         else meta["arch_kwargs"].get("out_channels", meta.get("embedding_dim", 16))
     )
     kwargs = {k: v for k, v in meta["arch_kwargs"].items() if k != "out_channels"}
+    if kwargs.get("checkpoint_id"):
+        kwargs["checkpoint"] = checkpoint  # never the path recorded on the training machine
+    elif checkpoint:
+        raise MapSegError(
+            f"CHECKPOINT is only for SAM models fine-tuned from a Segment Anything checkpoint; "
+            f"this model ({meta['architecture']}) holds all its weights: leave CHECKPOINT empty."
+        )
     net = build_network(meta["architecture"], int(meta["in_bands"]), int(num_out), **kwargs)
     if state_dict is not None:
         try:

@@ -255,3 +255,49 @@ def describe(config: Dict[str, Any]) -> str:
         f"SAM {name}: encoder width {config['embed_dim']}, {config['depth']} blocks, "
         f"{config['num_heads']} heads, input {config['img_size']} px"
     )
+
+
+# A fine-tuned SAM model file holds only the trained mask decoder; its frozen image and prompt
+# encoders are the checkpoint's. The file records which checkpoint by name, size and SHA-256, so
+# the right file is recognised wherever it lies (a renamed copy included) and any other refused.
+_IDENTITIES: Dict[Tuple[str, int, int], Dict[str, Any]] = {}
+
+
+def checkpoint_identity(path: str) -> Dict[str, Any]:
+    """``{"name", "size", "sha256"}`` of a checkpoint file (hashed once per file version)."""
+    import hashlib
+
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _IDENTITIES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        _IDENTITIES[key] = {"sha256": digest.hexdigest()}
+    return {"name": os.path.basename(path), "size": st.st_size, **_IDENTITIES[key]}
+
+
+def _describe_file(identity: Dict[str, Any]) -> str:
+    return f"{identity['name']} ({identity['size']:,} bytes, SHA-256 {identity['sha256'][:16]}...)"
+
+
+def require_checkpoint(path: str, expected: Dict[str, Any]) -> str:
+    """``path`` when it is the checkpoint ``expected`` describes; otherwise a clear error."""
+    wanted = _describe_file(expected)
+    if not path:
+        raise MapSegError(
+            "This model fine-tuned Segment Anything's mask decoder: its file holds only that "
+            "decoder, and the image encoder comes from the SAM checkpoint it was trained "
+            f"from, {wanted}. Choose that file as CHECKPOINT."
+        )
+    if not os.path.isfile(path):
+        raise MapSegError(f"The SAM checkpoint '{path}' does not exist. Choose {wanted}.")
+    got = checkpoint_identity(path)
+    if (got["size"], got["sha256"]) != (int(expected["size"]), expected["sha256"]):
+        raise MapSegError(
+            f"'{path}' is not the SAM checkpoint this model was fine-tuned from: that was "
+            f"{wanted}; this file is {_describe_file(got)}. A fine-tuned decoder only works "
+            f"with the encoder it was trained with: choose {expected['name']} as CHECKPOINT."
+        )
+    return path

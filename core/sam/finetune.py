@@ -43,3 +43,21 @@ def balanced_weights(
     if n_pos == 0 or n_neg == 0:
         return np.full(fractions.size, 1.0 / fractions.size)
     return np.where(positive, positive_share / n_pos, (1.0 - positive_share) / n_neg)
+
+
+def load_finetuned_sam(model_path: str, checkpoint: str, device: str = "cpu"):
+    """(Sam on ``device`` in eval mode, its config): the encoders of ``checkpoint`` with the mask
+    decoder that Train Model fine-tuned into the MapSeg model ``model_path``."""
+    from ..model.modelfile import build_model, load_model
+
+    meta, state = load_model(model_path)
+    if meta["architecture"] != "sam":
+        raise MapSegError(
+            f"'{model_path}' is a {meta['architecture']} model, not Segment Anything fine-tuned "
+            "by Train Model (ARCHITECTURE sam). Leave MODEL empty to use the checkpoint's own "
+            "decoder, or use this model with Segment Raster."
+        )
+    # Older model files hold the whole SAM (no checkpoint id): CHECKPOINT is not needed then.
+    needed = bool(meta["arch_kwargs"].get("checkpoint_id"))
+    net = build_model(meta, state, checkpoint if needed else "")
+    return net.sam.to(device).eval(), net.config
