@@ -56,7 +56,7 @@ def choose_build(args) -> str:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    target = folder_for(Path(args.target).expanduser().resolve())
+    target = folder_for(Path(args.target).expanduser().absolute())
     if args.remove:
         print(("removed " if remove(target) else "will be removed at next start: ") + str(target))
         return 0
