@@ -1,6 +1,7 @@
 """One QgsProcessingAlgorithm per module, named like the algorithm's ``name()``."""
 
 from .evaluatesegmentation import EvaluateSegmentation
+from .exportmodel import ExportModel
 from .polygonizeclasses import PolygonizeClasses
 from .pseudolabelfrompoints import PseudolabelFromPoints
 from .samautomaticmasks import SamAutomaticMasks
@@ -11,6 +12,7 @@ from .trainmodel import TrainModel
 
 ALGORITHMS = [
     EvaluateSegmentation,
+    ExportModel,
     PolygonizeClasses,
     PseudolabelFromPoints,
     SegmentRaster,

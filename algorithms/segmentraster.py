@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import params as P
-from .base import MapSegAlgorithm
+from .base import INSTALL_HINT, MapSegAlgorithm, missing_modules
 
 RESOLUTIONS = ["full", "medium", "low"]
 ZERO = dict(default=0, minimum=0, optional=True)  # 0: automatic / none
@@ -13,10 +13,13 @@ class SegmentRaster(MapSegAlgorithm):
     NAME = "segmentraster"
     DISPLAY = "Segment Raster"
     GROUP = "Deep learning"
-    REQUIRES = ("torch", "torchvision")
+    # .onnx models (and the shipped default) need only onnxruntime; .pt models PyTorch, or
+    # onnxruntime once exported (see core.infer.runtime): checked per model when it runs
+    REQUIRES = ()
 
     INPUT = "INPUT"
     MODEL = "MODEL"
+    CHECKPOINT = "CHECKPOINT"
     EXTENT = "EXTENT"
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
@@ -29,14 +32,20 @@ class SegmentRaster(MapSegAlgorithm):
     SMOOTHING = "SMOOTHING"
     RESOLUTION = "RESOLUTION"
     BANDS = "BANDS"
+    DASK_SCHEDULER = "DASK_SCHEDULER"
 
     def parameters(self) -> list:
         return [
             P.raster(self.INPUT, "Input raster"),
             P.file_in(
                 self.MODEL,
-                "MapSeg model file (empty: the shipped default model)",
-                "MapSeg model (*.pt)",
+                "Model file: MapSeg .pt or ONNX .onnx (empty: the shipped default model)",
+                "Segmentation model (*.pt *.onnx);;MapSeg model (*.pt);;ONNX model (*.onnx)",
+            ),
+            P.file_in(
+                self.CHECKPOINT,
+                "SAM checkpoint (.pth; only for SAM models fine-tuned by Train Model)",
+                "SAM checkpoint (*.pth *.pt);;All files (*)",
             ),
             P.integer(self.NUM_SEGMENTS, "Number of segments (label-free models)", 6, 2, 50),
             P.choice(
@@ -62,6 +71,11 @@ class SegmentRaster(MapSegAlgorithm):
             P.advanced(
                 P.text(self.BANDS, "Input bands fed to the model, e.g. 3,2,1 (empty: default)")
             ),
+            P.advanced(
+                P.text(
+                    self.DASK_SCHEDULER, "Dask scheduler, e.g. tcp://10.0.0.5:8786 (empty: here)"
+                )
+            ),
             P.raster_out(self.OUTPUT, "Classes"),
             P.raster_out(
                 self.OUTPUT_PROBABILITY,
@@ -69,6 +83,15 @@ class SegmentRaster(MapSegAlgorithm):
                 optional=True,
             ),
         ]
+
+    def canExecute(self):
+        if not missing_modules(["onnxruntime"]) or not missing_modules(["torch", "torchvision"]):
+            return True, ""
+        return False, (
+            "Segment Raster needs onnxruntime (enough for .onnx models and the default model) "
+            "or PyTorch (torch, torchvision), which QGIS's Python cannot import. "
+            + INSTALL_HINT.format(pkgs="onnxruntime")
+        )
 
     def process(self, parameters, context, feedback):
         from ..core.infer.inputs import parse_bands
@@ -95,9 +118,16 @@ class SegmentRaster(MapSegAlgorithm):
             smoothing=number(self.SMOOTHING),
             resolution=self.choice(parameters, self.RESOLUTION, context),
             bands=parse_bands(self.parameterAsString(parameters, self.BANDS, context)),
+            checkpoint=self.parameterAsFile(parameters, self.CHECKPOINT, context) or "",
         )
         prob = self.optional_output(parameters, self.OUTPUT_PROBABILITY, context)
-        result = segment_raster(
+        run = segment_raster
+        scheduler = self.parameterAsString(parameters, self.DASK_SCHEDULER, context).strip()
+        if scheduler:  # the blocks run on a Dask cluster (core.distributed.dask_segment)
+            from ..core.distributed.dask_segment import on_cluster
+
+            run = on_cluster(scheduler)
+        result = run(
             source,
             self.parameterAsFile(parameters, self.MODEL, context) or None,
             self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
@@ -111,7 +141,8 @@ class SegmentRaster(MapSegAlgorithm):
                 f"Divided into {result.segments} segments (ids 1..{result.segments})."
             )
         feedback.pushInfo(
-            f"{result.tiles} tiles on {result.device} in {result.seconds:.1f} s "
+            f"{result.tiles} tiles on {result.device} with {result.runtime} in "
+            f"{result.seconds:.1f} s "
             f"(tile {result.tile_size}, overlap {result.overlap}, batch {result.batch_size})."
         )
         return {self.OUTPUT: result.output, self.OUTPUT_PROBABILITY: result.probability}

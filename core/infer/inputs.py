@@ -11,14 +11,36 @@ from .segments import check_segments
 # core/infer/inputs.py -> the plugin folder (three levels up)
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_MODEL = os.path.join("weights", "mapseg_default.pt")
+DEFAULT_ONNX = os.path.join("weights", "mapseg_default.onnx")
 RESOLUTIONS = {"full": 1, "medium": 2, "low": 4}
 
 
-def resolve_model(path: str | None) -> str:
-    """``path``, or the shipped default model when empty (an error if it is not installed)."""
+def _cpu_or_no_torch(device: str | None) -> bool:
+    """True when PyTorch is missing, or the device is the CPU (known without importing torch)."""
+    import importlib.util
+
+    from ..model.device import gpu_driver_present
+
+    name = (device or "auto").strip().lower()
+    no_torch = importlib.util.find_spec("torch") is None
+    return no_torch or name == "cpu" or (name == "auto" and not gpu_driver_present())
+
+
+def resolve_model(path: str | None, device: str = "auto", runtime: str = "auto") -> str:
+    """``path``, or the shipped default model when empty (an error if it is not installed).
+
+    The default ships as .pt and .onnx: the ONNX one runs on the CPU (and without PyTorch), the
+    PyTorch one on a GPU.
+    """
     if path:
         return path
+    from ..model.onnxnet import onnxruntime_available
+
     default = os.path.join(PLUGIN_DIR, DEFAULT_MODEL)
+    onnx = os.path.join(PLUGIN_DIR, DEFAULT_ONNX)
+    has_onnx = os.path.isfile(onnx) and onnxruntime_available() and runtime != "torch"
+    if has_onnx and (_cpu_or_no_torch(device) or not os.path.isfile(default)):
+        return onnx
     if not os.path.isfile(default):
         raise MapSegError(
             f"No MODEL was given and the default model ({default}) is not installed. Choose a "
@@ -58,9 +80,10 @@ def model_bands(meta: dict, path: str, count: int, bands, reporter: Reporter) ->
         return [int(b) for b in bands]
     if count == want:
         return list(range(1, count + 1))
-    if meta["mode"] == "unsupervised" and count > want:
+    if (meta["mode"] == "unsupervised" or meta.get("format") == "deepness") and count > want:
+        kind = "label-free" if meta["mode"] == "unsupervised" else "Deepness"
         reporter.info(
-            f"The raster has {count} bands and the label-free model uses {want}: feeding it "
+            f"The raster has {count} bands and the {kind} model uses {want}: feeding it "
             f"bands 1 to {want}. Set BANDS to choose others."
         )
         return list(range(1, want + 1))

@@ -27,8 +27,6 @@ from ..io.gdal_errors import engine_call
 from ..io.raster import RasterInfo, check_destination, open_raster, raster_info
 from ..io.resolution import check_pixel_size
 from ..io.tiling import Window, blend_window, check_tiling, extent_window
-from ..model.device import resolve_device
-from ..model.modelfile import build_model, load_model
 from ..model.network import Network, default_batch
 from ..progress import Reporter
 from .band_plan import choose_bands
@@ -42,6 +40,7 @@ from .plan import (
     segment_resampled,
     segment_window,
 )
+from .runtime import ModelHandle, open_model, open_runtime, runtime_choice
 from .segments import finalizer, fit_segments
 
 __all__ = ["Network", "Options", "Result", "default_batch", "output_type", "segment_raster"]
@@ -59,7 +58,9 @@ class Options:
     num_segments: int = 6  # label-free models only
     smoothing: int = 0  # minimum mapping unit in pixels; 0: none
     resolution: str = "full"  # full, medium (2x coarser) or low (4x coarser)
+    checkpoint: str = ""  # fine-tuned SAM models: the Segment Anything checkpoint they need
     bands: Sequence[int] | None = None  # 1-based input bands fed to the model; None: default
+    runtime: str = ""  # auto, onnx or torch; empty: $MAPSEG_RUNTIME, else auto
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Result:
     warnings: list = field(default_factory=list)
     segments: int = 0  # label-free: the number of segments; 0 for a model with classes
     bands: list = field(default_factory=list)
+    runtime: str = ""  # e.g. "ONNX Runtime 1.x (CPUExecutionProvider)" or "PyTorch 2.x on cpu"
 
 
 @dataclass
@@ -83,9 +85,7 @@ class Inputs:
     """The checked request: the model, the raster, the bands, the tiling and the outputs."""
 
     path: str
-    model_path: str
-    meta: dict
-    state: dict
+    model: ModelHandle
     info: RasterInfo
     bands: list
     factor: int
@@ -98,6 +98,10 @@ class Inputs:
     sizes: tuple | None
     resample: bool
     warnings: list
+
+    @property
+    def meta(self) -> dict:
+        return self.model.meta
 
     @property
     def labelfree(self) -> bool:
@@ -122,25 +126,20 @@ def segment_raster(
     reporter = reporter or Reporter()
     started = time.perf_counter()
     inp = open_inputs(input_path, model_path, output, probability, extent, opts, reporter)
-    device = resolve_device(opts.device)
-    batch = int(opts.batch_size or default_batch(inp.tile, device))
-    model = build_model(inp.meta, inp.state).eval().to(device)
+    runtime = open_runtime(inp.model, opts, inp.tile, inp.overlap, reporter)
     tmp = tempfile.mkdtemp(prefix="mapseg-segment-")
     try:
         source = processed_source(
             input_path, inp.info.count, inp.bands, opts.resolution, inp.factor, tmp, reporter
         )
         k = int(opts.num_segments) if inp.labelfree else 0
-        plan = plan_tiles(inp, source, inp.tile, inp.overlap, batch, k)
+        plan = plan_tiles(inp, source, inp.tile, inp.overlap, runtime.batch, k)
         plan.smoothing = int(opts.smoothing)
-        net = Network(
-            model, device, blend_window(plan.tile, plan.overlap), batch, reporter,
-            softmax=not inp.labelfree,
-        )  # fmt: skip
+        net = runtime.network(blend_window(plan.tile, plan.overlap))
         reporter.info(
             f"Segmenting {plan.window[2]} x {plan.window[3]} pixels with "
-            f"{inp.meta['architecture']} on {device}: tiles of {plan.tile} px, overlap "
-            f"{plan.overlap}, {batch} tiles per batch."
+            f"{inp.meta['architecture']} on {runtime.device}: tiles of {plan.tile} px, overlap "
+            f"{plan.overlap}, {plan.batch} tiles per batch."
             + (f" Dividing into {k} segments." if k else "")
         )
         tiles = run_plan(plan, inp, net, reporter, tmp)
@@ -153,12 +152,13 @@ def segment_raster(
         tile_size=plan.tile,
         overlap=plan.overlap,
         batch_size=net.batch,
-        device=device,
+        device=runtime.device,
         seconds=time.perf_counter() - started,
         window=plan.window,
         warnings=inp.warnings,
         segments=k,
         bands=inp.bands,
+        runtime=runtime.name,
     )
 
 
@@ -186,8 +186,10 @@ def open_inputs(
     input_path: str, model_path, output, probability, extent, opts: Options, reporter: Reporter
 ) -> Inputs:
     """Check everything before any work: model, raster, bands, tiling, destinations, sizes."""
-    model_path = resolve_model(model_path)
-    meta, state = load_model(model_path)
+    runtime = runtime_choice(opts.runtime)
+    model_path = resolve_model(model_path, opts.device, runtime)
+    model = open_model(model_path, opts.device, runtime)
+    meta = model.meta
     factor = check_options(opts, meta["mode"] == "unsupervised")
     info = raster_info(open_raster(input_path))
     bands = choose_bands(meta, model_path, input_path, opts.bands, reporter)
@@ -208,7 +210,7 @@ def open_inputs(
     sizes = check_pixel_size(info, meta, warn) if info.georeferenced else None
     resample = wants_resample(opts, sizes, reporter)
     return Inputs(
-        input_path, model_path, meta, state, info, bands, factor, tile, overlap, extent,
+        input_path, model, info, bands, factor, tile, overlap, extent,
         window, dest, prob_dest, sizes, resample, warnings,
     )  # fmt: skip
 
@@ -216,7 +218,8 @@ def open_inputs(
 def tiling(opts: Options, meta: dict) -> tuple[int, int]:
     """(tile, overlap): the options', else the model's tile and an eighth of it."""
     tile = int(opts.tile_size or meta.get("tile_size") or 256)
-    overlap = int(opts.overlap or max(tile // 8, 0))
+    pct = meta.get("tiles_overlap")  # Deepness models: percent of the tile
+    overlap = int(opts.overlap or (round(tile * pct / 100.0) if pct else max(tile // 8, 0)))
     check_tiling(tile, overlap)
     if opts.batch_size < 0:
         raise MapSegError(f"BATCH_SIZE cannot be negative (got {opts.batch_size}).")

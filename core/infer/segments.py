@@ -124,7 +124,7 @@ def fit_segments(
             "segments. Check the raster's nodata value, or choose another extent."
         )
     reporter.info(f"Fitting {k} segments on {len(samples)} pixels from {len(tiles)} tiles.")
-    segmenter = Segmenter.fit(samples, k, np.concatenate(bright))
+    segmenter = Segmenter.fit(samples, k, np.concatenate(bright), engine="numpy")
     reporter.fraction(1.0)
     return segmenter
 

@@ -49,10 +49,13 @@ class Segmenter:
         k: int,
         brightness: np.ndarray,
         seed: int = 0,
+        engine: str = "sklearn",
     ) -> Segmenter:
-        """Fit on (n, d) feature samples; ``brightness`` (n,) orders the segments."""
-        from sklearn.cluster import KMeans
+        """Fit on (n, d) feature samples; ``brightness`` (n,) orders the segments.
 
+        ``engine="numpy"`` (Segment Raster) needs nothing but numpy, so segmenting works in an
+        inference-only install; training keeps scikit-learn's KMeans.
+        """
         samples = np.asarray(samples, dtype=np.float32)
         if k < 2:
             raise MapSegError("Ask for at least 2 segments.")
@@ -65,8 +68,13 @@ class Segmenter:
         std = samples.std(axis=0)
         std[std == 0] = 1.0
         z = (samples - mean) / std
-        km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(z)
-        labels = km.labels_
+        if engine == "numpy":
+            centers, labels = kmeans(z, k, seed=seed)
+        else:
+            from sklearn.cluster import KMeans
+
+            km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(z)
+            centers, labels = km.cluster_centers_, km.labels_
         # Order by the mean brightness of each cluster's members, ties by centroid values:
         # deterministic for a given sample, and stable across runs on the same data.
         keys = [
@@ -74,7 +82,7 @@ class Segmenter:
             for i in range(k)
         ]
         order = [i for _, i in sorted(keys)]
-        return cls(km.cluster_centers_[order], mean, std)
+        return cls(centers[order], mean, std)
 
     @property
     def k(self) -> int:
@@ -98,6 +106,52 @@ class Segmenter:
     @classmethod
     def from_dict(cls, data: dict) -> Segmenter:
         return cls(np.array(data["centroids"]), np.array(data["mean"]), np.array(data["std"]))
+
+
+def _sq_distances(z: np.ndarray, zz: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.maximum(zz[:, None] - 2.0 * z @ c.T + (c * c).sum(axis=1), 0.0)
+
+
+def _kmeans_pp(z: np.ndarray, zz: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeds: each next centre drawn with probability ~ squared distance."""
+    centers = [z[rng.integers(len(z))]]
+    d = _sq_distances(z, zz, np.asarray(centers))[:, 0]
+    for _ in range(1, k):
+        total = d.sum()
+        i = rng.choice(len(z), p=d / total) if total > 0 else rng.integers(len(z))
+        centers.append(z[i])
+        d = np.minimum(d, _sq_distances(z, zz, z[i : i + 1])[:, 0])
+    return np.asarray(centers)
+
+
+def kmeans(z: np.ndarray, k: int, seed: int = 0, n_init: int = 4, max_iter: int = 300):
+    """(centres, labels) of Lloyd's k-means from ``n_init`` k-means++ starts; the lowest
+    inertia wins. Stops when the centres move less than 1e-4 of the data's mean variance."""
+    z = np.asarray(z, dtype=np.float64)
+    zz = (z * z).sum(axis=1)
+    tol = 1e-4 * float(z.var(axis=0).mean())
+    rng = np.random.default_rng(seed)
+    best = (np.inf, None, None)
+    for _ in range(n_init):
+        c = _kmeans_pp(z, zz, k, rng)
+        for _ in range(max_iter):
+            labels = _sq_distances(z, zz, c).argmin(axis=1)
+            counts = np.bincount(labels, minlength=k)
+            new = np.zeros_like(c)
+            np.add.at(new, labels, z)
+            empty = counts == 0
+            new[~empty] /= counts[~empty, None]
+            new[empty] = c[empty]  # an empty cluster keeps its centre
+            moved = float(((new - c) ** 2).sum())
+            c = new
+            if moved <= tol:
+                break
+        d = _sq_distances(z, zz, c)
+        labels = d.argmin(axis=1)
+        inertia = float(d[np.arange(len(z)), labels].sum())
+        if inertia < best[0]:
+            best = (inertia, c, labels)
+    return best[1], best[2]
 
 
 def agreement(segments: np.ndarray, reference: np.ndarray, valid: np.ndarray) -> dict:

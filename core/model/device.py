@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import sys
 
 from ..errors import MapSegError
 
@@ -10,15 +13,31 @@ from ..errors import MapSegError
 DEVICES = ["auto", "cpu", "cuda"]
 
 
+def gpu_driver_present() -> bool:
+    """False when no GPU driver is loaded (Linux: NVIDIA's or ROCm's): PyTorch cannot see a GPU
+    then, so 'auto' is the CPU without importing PyTorch (about 0.4 GB of memory)."""
+    if sys.platform.startswith("linux"):
+        return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd")
+    return True
+
+
 def resolve_device(name: str | None) -> str:
     """'auto' -> 'cuda' when PyTorch sees a GPU, else 'cpu'; 'cuda' and 'cuda:N' are checked."""
-    import torch
-
     name = (name or "auto").strip().lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return name
+    torch_missing = importlib.util.find_spec("torch") is None
+    if name == "auto" and (torch_missing or not gpu_driver_present()):
+        return "cpu"
+    if torch_missing:
+        raise MapSegError(
+            f"DEVICE is {name}, which needs PyTorch with CUDA (not installed here). Choose auto "
+            "or cpu, or install PyTorch (python3 -m pip install torch)."
+        )
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
     if match is None:
         raise MapSegError(f"Unknown device '{name}'. Choose auto, cpu, cuda or cuda:N.")
