@@ -86,3 +86,20 @@ def alpha_mask(ds: gdal.Dataset, bands: Sequence[int]) -> int | None:
     """The alpha band that masks ``bands`` (an alpha band they do not include), or None."""
     alpha = alpha_band(ds)
     return alpha if alpha is not None and alpha not in [int(b) for b in bands] else None
+
+
+def warp_vrt(path: str, ds: gdal.Dataset, **options) -> gdal.Dataset:
+    """``gdal.Warp`` of ``ds`` into the VRT ``path``, keeping ``ds``'s explicit mask.
+
+    The warper honours a source mask (masked pixels are left out of averages) but writes none:
+    with one, it warps an alpha band along (the share of valid source pixels) and the VRT at
+    ``path`` holds the data bands with that alpha band as its explicit mask.
+    """
+    if explicit_mask(ds) is None:
+        return gdal.Warp(path, ds, **options)
+    with_alpha = path[: -len(".vrt")] + "_alpha.vrt" if path.endswith(".vrt") else path + ".a"
+    gdal.Warp(with_alpha, ds, dstAlpha=True, **options)
+    n = ds.RasterCount
+    return gdal.Translate(
+        path, with_alpha, format="VRT", bandList=list(range(1, n + 1)), maskBand=n + 1
+    )

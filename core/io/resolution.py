@@ -23,7 +23,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from ..progress import Reporter
-from .masks import alpha_mask
+from .masks import alpha_mask, explicit_mask, valid_in_mask, warp_vrt
 from .raster import RasterInfo, block_size, valid_mask, windows
 from .tiling import Window, extent_window
 
@@ -107,7 +107,7 @@ def warp_to_model(
     bounds = corners((0, 0, info.width, info.height))
     downsampling = target[0] > info.pixel_size[0]
     path = os.path.join(folder, "input_at_model_resolution.vrt")
-    vrt = gdal.Warp(
+    vrt = warp_vrt(  # a mask (e.g. an RGBA orthophoto's alpha, masks.py) stays a mask
         path,
         ds,
         format="VRT",
@@ -143,7 +143,7 @@ def mask_nodata(ds: gdal.Dataset, window: Window, out, nodata: float, reporter: 
     bands = [ds.GetRasterBand(b + 1) for b in range(ds.RasterCount)]
     nodatas = [b.GetNoDataValue() for b in bands]
     floats = any(b.DataType in (gdal.GDT_Float32, gdal.GDT_Float64) for b in bands)
-    if not floats and all(v is None for v in nodatas):
+    if not floats and all(v is None for v in nodatas) and explicit_mask(ds) is None:
         return
     wx, wy, ww, wh = window
     bw, bh = block_size(ds)
@@ -152,6 +152,7 @@ def mask_nodata(ds: gdal.Dataset, window: Window, out, nodata: float, reporter: 
         bad = np.zeros((h, w), bool)
         for band, nd in zip(bands, nodatas):
             bad |= ~valid_mask(band.ReadAsArray(wx + x, wy + y, w, h), nd)
+        bad |= ~valid_in_mask(ds, None, (wx + x, wy + y, w, h))
         if bad.any():
             arr = target.ReadAsArray(x, y, w, h)
             arr[bad] = nodata
@@ -188,7 +189,7 @@ def coarsen(path: str, factor: int, folder: str) -> str:
             max(gt[0], gt[0] + ds.RasterXSize * gt[1]),
             max(gt[3], gt[3] + ds.RasterYSize * gt[5]),
         )
-        gdal.Warp(
+        warp_vrt(  # a mask (e.g. an RGBA orthophoto's alpha, masks.py) stays a mask
             out,
             ds,
             format="VRT",
