@@ -14,6 +14,7 @@ from qgis.PyQt.QtGui import QColor
 from ..core.vectorize.polygonize import polygonize_classes
 from . import params as P
 from .base import MapSegAlgorithm
+from .destinations import output_value, vector_destination
 
 # Post-processors must outlive processAlgorithm (QGIS holds no Python reference to them):
 # one per destination, replaced when the same destination is written again.
@@ -84,7 +85,7 @@ class PolygonizeClasses(MapSegAlgorithm):
 
     def process(self, parameters, context, feedback):
         src = self.raster_source(parameters, self.INPUT, context)
-        dest = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        requested, dest = vector_destination(self, parameters, self.OUTPUT, context)
         result = polygonize_classes(
             src,
             dest,
@@ -100,8 +101,9 @@ class PolygonizeClasses(MapSegAlgorithm):
             f"Wrote {result.features} polygons of {len(result.classes)} classes to "
             f"{result.path} (areas in {result.area_unit})."
         )
-        if context.willLoadLayerOnCompletion(dest):
+        value = output_value(context, requested, result.uri, "classes")
+        if context.willLoadLayerOnCompletion(value):
             styler = ClassStyler(result.colors, result.names, result.classes)
-            _POST_PROCESSORS[dest] = styler
-            context.layerToLoadOnCompletionDetails(dest).setPostProcessor(styler)
-        return {self.OUTPUT: dest}
+            _POST_PROCESSORS[value] = styler
+            context.layerToLoadOnCompletionDetails(value).setPostProcessor(styler)
+        return {self.OUTPUT: value}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import params as P
 from .base import MapSegAlgorithm
+from .destinations import output_value, vector_destination
 
 
 class TopographicSinks(MapSegAlgorithm):
@@ -17,6 +18,7 @@ class TopographicSinks(MapSegAlgorithm):
     MAX_DEPTH = "MAX_DEPTH"
     MIN_DEPTH = "MIN_DEPTH"
     MIN_AREA = "MIN_AREA"
+    MEMORY_LIMIT = "MEMORY_LIMIT"
     OUTPUT_DEPTH = "OUTPUT_DEPTH"
     OUTPUT_FILLED = "OUTPUT_FILLED"
     OUTPUT_SINKS = "OUTPUT_SINKS"
@@ -45,6 +47,14 @@ class TopographicSinks(MapSegAlgorithm):
                     optional=True,
                 )
             ),
+            P.advanced(
+                P.double(
+                    self.MEMORY_LIMIT,
+                    "Memory limit (GB; empty = MAPSEG_MEMORY_LIMIT_GB or half the RAM)",
+                    minimum=0.0,
+                    optional=True,
+                )
+            ),
             P.raster_out(self.OUTPUT_DEPTH, "Sink depth"),
             P.raster_out(self.OUTPUT_FILLED, "Filled DEM", optional=True),
             P.polygons_out(self.OUTPUT_SINKS, "Sink polygons", optional=True),
@@ -57,18 +67,19 @@ class TopographicSinks(MapSegAlgorithm):
         from ..core.terrain.sinks import topographic_sinks
 
         src = self.raster_source(parameters, self.INPUT, context)
-        max_depth = self.optional_double(parameters, self.MAX_DEPTH, context)
-        filled = self.parameterAsOutputLayer(parameters, self.OUTPUT_FILLED, context) or None
-        sinks = self.parameterAsOutputLayer(parameters, self.OUTPUT_SINKS, context) or None
+        depth = self.parameterAsOutputLayer(parameters, self.OUTPUT_DEPTH, context)
+        filled = self.optional_output(parameters, self.OUTPUT_FILLED, context)
+        sinks, sinks_dest = vector_destination(self, parameters, self.OUTPUT_SINKS, context)
         result = topographic_sinks(
             src,
-            self.parameterAsOutputLayer(parameters, self.OUTPUT_DEPTH, context),
+            depth,
             band=self.parameterAsInt(parameters, self.BAND, context) or 1,
             filled_dest=filled,
-            sinks_dest=sinks,
-            max_depth=max_depth,
+            sinks_dest=sinks_dest,
+            max_depth=self.optional_double(parameters, self.MAX_DEPTH, context),
             min_depth=self.parameterAsDouble(parameters, self.MIN_DEPTH, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            memory_limit_gb=self.optional_double(parameters, self.MEMORY_LIMIT, context) or None,
             reporter=self.reporter(feedback),
         )
         feedback.pushInfo(
@@ -76,13 +87,13 @@ class TopographicSinks(MapSegAlgorithm):
             f"{result.volume:g} (areas in {result.area_unit})."
         )
         outputs = {
-            self.OUTPUT_DEPTH: result.depth_path,
+            self.OUTPUT_DEPTH: output_value(context, depth, result.depth_path),
             self.SINK_CELLS: result.sink_cells,
             self.SINK_COUNT: result.sinks,
             self.VOLUME: result.volume,
         }
         if filled:
-            outputs[self.OUTPUT_FILLED] = result.filled_path
+            outputs[self.OUTPUT_FILLED] = output_value(context, filled, result.filled_path)
         if sinks:
-            outputs[self.OUTPUT_SINKS] = sinks
+            outputs[self.OUTPUT_SINKS] = output_value(context, sinks, result.sinks_path, "sinks")
         return outputs

@@ -6,6 +6,12 @@ does all of that plus the padding, the nodata handling, the subtraction and a co
 Float32 GeoTIFF. Target: engine <= 1.25 x baseline.
 
     .venv/bin/python bench/bench_sinks.py [--size 3000] [--sinks]
+    .venv/bin/python bench/bench_sinks.py --memory [--size 1500]
+
+``--memory`` runs the engine alone in a fresh process on a generated DEM with a nodata hole
+inside (the costliest path: the holes are drained by reconstruction) and prints the peak memory
+per DEM cell next to ``core.terrain.budget.BYTES_PER_CELL``, the estimate used to refuse DEMs
+that would not fit.
 """
 
 from __future__ import annotations
@@ -86,11 +92,48 @@ def bench(name: str, src: str, work: str, with_sinks: bool) -> None:
     print(line, flush=True)
 
 
+def memory_per_cell(size: int) -> None:
+    """Peak resident memory of one engine run, in bytes per DEM cell (fresh interpreter)."""
+    import subprocess
+
+    from mapseg.core.terrain.budget import BYTES_PER_CELL
+
+    with tempfile.TemporaryDirectory(prefix="bench-sinks-") as work:
+        src = make_dem(os.path.join(work, "dem.tif"), size)
+        ds = gdal.Open(src, gdal.GA_Update)
+        hole = np.full((size // 20, size // 20), -9999.0, np.float32)
+        ds.GetRasterBand(1).WriteArray(hole, size // 3, size // 3)
+        ds = None
+        code = (
+            "import resource, sys; sys.path.insert(0, sys.argv[3]);"
+            "import whitebox_workflows, scipy.ndimage, skimage.morphology;"
+            "from mapseg.core.terrain.sinks import topographic_sinks;"
+            "m = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            "b = m();"
+            "topographic_sinks(sys.argv[1], sys.argv[2], sinks_dest=sys.argv[2] + '.gpkg');"
+            "print((m() - b) * 1024)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, src, os.path.join(work, "d.tif"), str(ROOT / "build/pkg")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        per_cell = float(out.stdout.split()[-1]) / (size * size)
+        print(
+            f"generated {size}x{size} with a nodata hole: peak {per_cell:.0f} bytes per cell "
+            f"(estimate used by the memory check: {BYTES_PER_CELL}; ratio "
+            f"{per_cell / BYTES_PER_CELL:.2f})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=3000, help="generated DEM side (pixels)")
     parser.add_argument("--sinks", action="store_true", help="also time the polygon output")
+    parser.add_argument("--memory", action="store_true", help="peak memory per DEM cell")
     args = parser.parse_args()
+    if args.memory:
+        memory_per_cell(args.size)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-sinks-") as work:
         src = make_dem(os.path.join(work, "dem.tif"), args.size)
         bench(f"generated {args.size}x{args.size}", src, work, args.sinks)

@@ -161,3 +161,61 @@ def test_cancel_leaves_no_file(provider, tmp_raster, tmp_path):
     with pytest.raises(QgsProcessingException, match="Canceled"):
         run_alg("polygonizeclasses", {"INPUT": src, "OUTPUT": str(out)}, CancelAfter(30))
     assert sorted(os.listdir(tmp_path)) == ["input.tif"]
+
+
+def test_new_layer_in_a_geopackage_keeps_its_other_layers(provider, tmp_raster, tmp_path):
+    """Save to GeoPackage from the dialog: the class layer is added, the two layers already
+    there (one of 10 000 features) keep every row; a rerun replaces only that layer."""
+    from test_outputs import layer_digest, layer_names, make_gpkg
+
+    src = tmp_raster(class_array(), color_table=COLORS, category_names=NAMES)
+    gpkg = tmp_path / "project.gpkg"
+    make_gpkg(gpkg, {"roads": 10_000, "wells": 3})
+    before = {name: layer_digest(gpkg, name) for name in ("roads", "wells")}
+    dest = f"ogr:dbname='{gpkg}' table=\"landcover\" (geom)"
+    result = run_alg("polygonizeclasses", {"INPUT": src, "OUTPUT": dest})
+    assert result["OUTPUT"] == f"{gpkg}|layername=landcover"
+    assert layer_names(gpkg) == ["landcover", "roads", "wells"]
+    assert {name: layer_digest(gpkg, name) for name in before} == before
+    first = layer_digest(gpkg, "landcover")
+    assert first[0] > 4
+    run_alg("polygonizeclasses", {"INPUT": src, "OUTPUT": result["OUTPUT"], "DISSOLVE": True})
+    assert layer_names(gpkg) == ["landcover", "roads", "wells"]
+    assert layer_digest(gpkg, "landcover")[0] == 4  # one multipolygon per class
+    assert {name: layer_digest(gpkg, name) for name in before} == before
+    assert sorted(os.listdir(tmp_path)) == ["input.tif", "input.tif.aux.xml", "project.gpkg"]
+
+
+def test_memory_output_is_a_memory_layer(provider, tmp_raster):
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    src = tmp_raster(class_array(), color_table=COLORS, category_names=NAMES)
+    context = QgsProcessingContext()
+    result = processing.run(
+        "mapseg:polygonizeclasses",
+        {"INPUT": src, "OUTPUT": "memory:", "DISSOLVE": True},
+        feedback=QgsProcessingFeedback(),
+        context=context,
+    )
+    layer = result["OUTPUT"]
+    if isinstance(layer, str):
+        layer = context.getMapLayer(layer)
+    assert layer.providerType() == "memory"
+    assert sorted(f["class"] for f in layer.getFeatures()) == [1, 2, 3, 4]
+    assert sorted(f["name"] for f in layer.getFeatures()) == sorted(NAMES[1:])
+
+
+def test_cancel_keeps_the_previous_file(provider, tmp_raster, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    src = tmp_raster(class_array(200, 200))
+    out = tmp_path / "c.gpkg"
+    run_alg("polygonizeclasses", {"INPUT": src, "OUTPUT": str(out), "DISSOLVE": True})
+    data = out.read_bytes()
+    for percent in (30, 80, 99):
+        with pytest.raises(QgsProcessingException, match="Canceled"):
+            run_alg("polygonizeclasses", {"INPUT": src, "OUTPUT": str(out)}, CancelAfter(percent))
+        assert out.read_bytes() == data
+        left = sorted(p for p in os.listdir(tmp_path) if p != "input.tif.aux.xml")
+        assert left == ["c.gpkg", "input.tif"]  # QGIS may add the input's statistics

@@ -108,3 +108,91 @@ def test_cancel_leaves_no_file(provider, tmp_raster, tmp_path):
     with pytest.raises(QgsProcessingException, match="Canceled"):
         run_alg("topographicsinks", params, CancelAfter(50))
     assert sorted(os.listdir(tmp_path)) == ["input.tif"]
+
+
+@pytest.mark.parametrize("percent", [70, 82, 90])
+def test_cancel_between_outputs_keeps_previous_files(provider, tmp_raster, tmp_path, percent):
+    """Cancel while the depth (70), the filled DEM (82) or the polygons (90) are written:
+    no destination changes, no new file appears."""
+    from qgis.core import QgsProcessingException
+    from test_outputs import layer_digest, make_gpkg
+
+    src = tmp_raster(synthetic_dem(60, 60, seed=3))
+    (tmp_path / "depth.tif").write_bytes(b"yesterday's depth")
+    (tmp_path / "filled.tif").write_bytes(b"yesterday's fill")
+    make_gpkg(tmp_path / "project.gpkg", {"roads": 50, "sinks": 4})
+    before = {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)}
+    params = {
+        "INPUT": src,
+        "OUTPUT_DEPTH": str(tmp_path / "depth.tif"),
+        "OUTPUT_FILLED": str(tmp_path / "filled.tif"),
+        "OUTPUT_SINKS": f"ogr:dbname='{tmp_path / 'project.gpkg'}' table=\"sinks\" (geom)",
+    }
+    with pytest.raises(QgsProcessingException, match="Canceled"):
+        run_alg("topographicsinks", params, CancelAfter(percent))
+    assert sorted(os.listdir(tmp_path)) == sorted(before)
+    for name, data in before.items():
+        assert (tmp_path / name).read_bytes() == data, name
+    # and uncancelled, the same run replaces all three, the other layer kept
+    roads = layer_digest(tmp_path / "project.gpkg", "roads")
+    result = run_alg("topographicsinks", params)
+    assert result["OUTPUT_SINKS"] == f"{tmp_path / 'project.gpkg'}|layername=sinks"
+    assert layer_digest(tmp_path / "project.gpkg", "roads") == roads
+    vds = ogr.Open(str(tmp_path / "project.gpkg"))
+    sinks = vds.GetLayerByName("sinks")
+    assert sinks.GetFeatureCount() == result["SINK_COUNT"] > 0
+    assert sinks.GetLayerDefn().GetFieldIndex("volume") >= 0
+    assert gdal.Open(result["OUTPUT_FILLED"]).RasterXSize == 60
+
+
+def test_memory_limit_refuses_a_dem_too_large(provider, tmp_raster, tmp_path):
+    """A VRT of a small DEM scaled up to 200 000 x 200 000 cells: refused before any work with
+    the memory it needs and how to raise the limit; a small limit refuses a small DEM."""
+    from qgis.core import QgsProcessingException
+
+    small = tmp_raster(synthetic_dem(50, 50))
+    vrt = str(tmp_path / "huge.vrt")
+    gdal.Translate(vrt, small, format="VRT", width=200_000, height=200_000)
+    out = str(tmp_path / "out" / "depth.tif")
+    keep = ("input.tif", "huge.vrt", "out")
+    with pytest.raises(QgsProcessingException) as err:
+        run_alg("topographicsinks", {"INPUT": vrt, "OUTPUT_DEPTH": out})
+    message = str(err.value)
+    need = 200_002**2 * 100 / 1024**3
+    assert f"needs about {need:.1f} GB" in message
+    assert "MEMORY_LIMIT" in message and "MAPSEG_MEMORY_LIMIT_GB" in message
+    assert sorted(os.listdir(tmp_path)) == sorted(keep) and os.listdir(tmp_path / "out") == []
+    with pytest.raises(QgsProcessingException, match=r"needs about 0\.0 GB.*MEMORY_LIMIT"):
+        run_alg("topographicsinks", {"INPUT": small, "OUTPUT_DEPTH": out, "MEMORY_LIMIT": 1e-4})
+    result = run_alg("topographicsinks", {"INPUT": small, "OUTPUT_DEPTH": out, "MEMORY_LIMIT": 1})
+    assert os.path.exists(result["OUTPUT_DEPTH"])
+
+
+def test_memory_limit_from_the_environment(provider, tmp_raster, tmp_path):
+    from conftest import qgis_process
+
+    src = tmp_raster(synthetic_dem(40, 40))
+    out = tmp_path / "d.tif"
+    env = {"MAPSEG_MEMORY_LIMIT_GB": "0.00001"}
+    proc = qgis_process("topographicsinks", {"INPUT": src, "OUTPUT_DEPTH": str(out)}, env=env)
+    assert proc.returncode != 0
+    assert "environment variable MAPSEG_MEMORY_LIMIT_GB" in proc.stdout + proc.stderr
+    assert not out.exists()
+
+
+def test_whitebox_files_go_beside_the_destination(tmp_path):
+    from test_terrain import write_raster
+
+    from mapseg.core.progress import Reporter
+    from mapseg.core.terrain.sinks import topographic_sinks
+
+    src = write_raster(tmp_path / "dem.tif", synthetic_dem(30, 30))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    log = []
+    topographic_sinks(src, str(out_dir / "d.tif"), reporter=Reporter(log=log.append))
+    folders = [m.split(" in ", 1)[1] for m in log if m.startswith("Temporary files")]
+    assert len(folders) == 1
+    assert os.path.dirname(folders[0]) == str(out_dir)
+    assert not os.path.exists(folders[0])
+    assert sorted(os.listdir(out_dir)) == ["d.tif"]

@@ -280,6 +280,8 @@ class OutputRaster:
             set_color_table(self.ds.GetRasterBand(1), color_table)
         if category_names:
             set_category_names(self.ds.GetRasterBand(1), category_names)
+        self.style: str | None = None  # QML published beside the file as its default style
+        self._style_tmp: str | None = None
         self._done = False
 
     def write(self, array: np.ndarray, xoff: int, yoff: int, band: int = 1) -> None:
@@ -288,23 +290,53 @@ class OutputRaster:
     def band(self, i: int = 1) -> gdal.Band:
         return self.ds.GetRasterBand(i)
 
-    def commit(self) -> str:
-        """Flush, close and atomically move the file (and its .aux.xml) to ``dest``."""
-        self.ds.FlushCache()
-        self.ds = None
-        for ext in ("", ".aux.xml"):
-            if os.path.exists(self.tmp + ext):
-                os.replace(self.tmp + ext, self.dest + ext)
-            elif ext and os.path.exists(self.dest + ext):
-                os.remove(self.dest + ext)  # a stale sidecar would restyle the new file
+    def finish(self) -> None:
+        """Flush and close the partial file (and write the partial style), not yet in place."""
+        if self.ds is not None:
+            self.ds.FlushCache()
+            self.ds = None
+        if self.style and self._style_tmp is None:
+            self._style_tmp = _partial_path(self.dest, ".qml")
+            with open(self._style_tmp, "w", encoding="utf-8") as f:
+                f.write(self.style)
+
+    def moves(self) -> List[Tuple[str | None, str]]:
+        """Renames that put the finished file in place (None: remove a stale sidecar)."""
+        aux = self.tmp + ".aux.xml"
+        # A stale .aux.xml of an earlier file would restyle the new one.
+        moves = [
+            (self.tmp, self.dest),
+            (aux if os.path.exists(aux) else None, self.dest + ".aux.xml"),
+        ]
+        if self._style_tmp:
+            moves.append((self._style_tmp, os.path.splitext(self.dest)[0] + ".qml"))
+        return moves
+
+    @staticmethod
+    def layer_copies() -> list:
+        return []
+
+    @property
+    def uri(self) -> str:
+        return self.dest
+
+    def cleanup(self) -> None:
         self._done = True
+
+    def commit(self) -> str:
+        """Flush, close and atomically move the file (its .aux.xml and style) to ``dest``.
+        Several outputs that must land together go through ``core.io.outputs.OutputSet``."""
+        from .outputs import commit_alone
+
+        commit_alone(self)
         return self.dest
 
     def discard(self) -> None:
         self.ds = None
-        for ext in ("", ".aux.xml", ".ovr"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.tmp + ext)
+        for path in (self.tmp, self.tmp + ".aux.xml", self.tmp + ".ovr", self._style_tmp):
+            if path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
         self._done = True
 
     def __enter__(self) -> OutputRaster:

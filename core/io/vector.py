@@ -50,11 +50,26 @@ def driver_for(path: str) -> str:
 
 
 def split_destination(dest: str) -> Tuple[str, str | None]:
-    """A QGIS ``ogr:dbname='x.gpkg' table="name"`` destination -> (path, layer name)."""
+    """A destination -> (path, layer name or None). QGIS gives a layer of a GeoPackage as
+    ``ogr:dbname='x.gpkg' table="name" (geom)`` (Save to GeoPackage) or ``x.gpkg|layername=name``
+    (what QGIS itself returns for such a layer)."""
     match = _OGR_URI.match(dest or "")
     if match:
         return match.group("path"), match.group("table")
+    if dest and "|layername=" in dest:
+        path, _, rest = dest.partition("|layername=")
+        return path, rest.split("|")[0] or None
     return dest, None
+
+
+def _partial_name(dest: str, suffix: str) -> str:
+    """A unique hidden name beside ``dest`` that no file holds yet."""
+    folder, name = os.path.split(dest)
+    stem = os.path.splitext(name)[0]
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".partial" + suffix, dir=folder)
+    os.close(fd)
+    os.unlink(tmp)  # OGR creates the file; mkstemp only reserved a unique name
+    return tmp
 
 
 def _files_of(base_path: str, driver: str) -> List[str]:
@@ -67,7 +82,9 @@ def _files_of(base_path: str, driver: str) -> List[str]:
 
 
 class VectorWriter:
-    """One new layer in a new file, written beside ``dest`` and moved into place by ``commit``.
+    """One new layer written beside ``dest`` and moved into place by ``commit``: a new file
+    (replacing ``dest`` whole, as QGIS's own algorithms do), or, when ``layer_name`` names a
+    layer of an existing GeoPackage, that layer added or replaced with the other layers kept.
 
     ``fields`` are ``(name, ogr.OFTInteger | OFTReal | OFTString, [width])``. Use ``add`` per
     feature or ``layer`` for bulk writers such as ``gdal.Polygonize``.
@@ -81,19 +98,24 @@ class VectorWriter:
         fields: Sequence[Field],
         layer_name: str | None = None,
         layer_options: Iterable[str] = (),
+        into_existing: bool | None = None,
     ) -> None:
         self.dest = os.path.abspath(dest)
         self.driver_name = driver_for(self.dest)
-        folder, name = os.path.split(self.dest)
-        stem, ext = os.path.splitext(name)
+        stem = os.path.splitext(os.path.basename(self.dest))[0]
         # A unique name beside the destination: same filesystem, so the final rename is atomic.
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".partial" + ext, dir=folder)
-        os.close(fd)
-        os.unlink(tmp)  # OGR creates the file; mkstemp only reserved a unique name
-        self.tmp = tmp
+        self.tmp = _partial_name(self.dest, os.path.splitext(self.dest)[1])
         self._done = False
         self._in_transaction = False
+        self.named_layer = bool(layer_name)
         self.layer_name = layer_name or stem
+        # A named layer of an existing GeoPackage: written to a scratch GeoPackage, then copied
+        # into the destination, whose other layers must survive (core.io.gpkg).
+        if into_existing is None:
+            into_existing = os.path.exists(self.dest)
+        self.into_existing = self.named_layer and self.driver_name == "GPKG" and into_existing
+        self.style: str | None = None  # QML: GeoPackage layer_styles row, else a .qml beside
+        self._style_tmp: str | None = None
         self.ds = None
         try:
             driver = ogr.GetDriverByName(self.driver_name)
@@ -135,39 +157,83 @@ class VectorWriter:
     def field_names(self) -> List[str]:
         return list(self._names)
 
-    def commit(self) -> str:
-        """Commit the transaction, close and move the file(s) to ``dest``."""
+    @property
+    def uri(self) -> str:
+        """What QGIS opens: the file, or ``x.gpkg|layername=name`` for a named layer."""
+        if self.driver_name == "GPKG" and self.named_layer:
+            return f"{self.dest}|layername={self.layer_name}"
+        return self.dest
+
+    def finish(self) -> None:
+        """Commit the transaction, store the style and close: the partial file is complete."""
+        if self.ds is None:
+            return
         try:
             if self._in_transaction:
                 self.ds.CommitTransaction()
                 self._in_transaction = False
             self.layer = None
+            if self.style and self.driver_name == "GPKG" and not self.into_existing:
+                from .gpkg import set_default_style
+
+                set_default_style(self.ds, self.layer_name, self.style)
             self.ds.FlushCache()
             self.ds = None  # closes: FlatGeobuf and GeoJSON write their file here
         except RuntimeError as err:
             self.discard()
             raise MapSegError(f"Cannot finish writing '{self.dest}': {err}") from None
+        if self.style and self.driver_name != "GPKG":
+            self._style_tmp = _partial_name(self.dest, ".qml")
+            with open(self._style_tmp, "w", encoding="utf-8") as f:
+                f.write(self.style)
+
+    def moves(self) -> List[Tuple[str | None, str]]:
+        """Renames that put a whole new file in place (None: remove a stale sidecar such as
+        .qix or .cpg, which would not match the new file)."""
+        if self.into_existing:
+            return []
         new = _files_of(self.tmp, self.driver_name)
         old = _files_of(self.dest, self.driver_name)
-        for src, dst in zip(new, old):
-            if os.path.exists(src):
-                os.replace(src, dst)
-            elif os.path.exists(dst) and dst != self.dest:
-                os.remove(dst)  # a stale sidecar (.qix, .cpg) would not match the new file
-        for ext in (".aux.xml",):  # QGIS/GDAL side files of a replaced output
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.dest + ext)
+        moves = [(src if os.path.exists(src) else None, dst) for src, dst in zip(new, old)]
+        moves = [(src, dst) for src, dst in moves if src or dst != self.dest]
+        moves.append((None, self.dest + ".aux.xml"))  # GDAL side file of a replaced output
+        if self._style_tmp:
+            moves.append((self._style_tmp, os.path.splitext(self.dest)[0] + ".qml"))
+        return moves
+
+    def layer_copies(self) -> List[Tuple[str, str, str, str | None]]:
+        """(GeoPackage, layer name, scratch GeoPackage, style) for a layer of an existing
+        file: copied into it in a transaction, the file's other layers untouched."""
+        if not self.into_existing:
+            return []
+        return [(self.dest, self.layer_name, self.tmp, self.style)]
+
+    def cleanup(self) -> None:
+        """After publishing: remove the scratch file of a layer copied into a GeoPackage."""
+        if self.into_existing:
+            self._remove_partials()
         self._done = True
+
+    def commit(self) -> str:
+        """Finish and move the file(s) to ``dest`` (or copy the layer into it). Several
+        outputs that must land together go through ``core.io.outputs.OutputSet``."""
+        from .outputs import commit_alone
+
+        commit_alone(self)
         return self.dest
+
+    def _remove_partials(self) -> None:
+        for path in _files_of(self.tmp, self.driver_name) + [self._style_tmp]:
+            if path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
 
     def discard(self) -> None:
         self.layer = None
         # No rollback: the file is deleted anyway, and a GeoPackage whose new table was rolled
         # back fails to restore its triggers on close.
         self.ds = None
-        for path in _files_of(self.tmp, self.driver_name):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+        self._remove_partials()
         self._done = True
 
     def __enter__(self) -> VectorWriter:

@@ -23,8 +23,8 @@ from osgeo import gdal, ogr
 from ..errors import MapSegError
 from ..io.gdal_errors import engine_call
 from ..io.geodesy import Ellipsoid
+from ..io.outputs import OutputSet
 from ..io.raster import (
-    OutputRaster,
     RasterInfo,
     block_size,
     check_band,
@@ -35,6 +35,7 @@ from ..io.raster import (
     windows,
 )
 from ..progress import Reporter
+from .budget import check_budget
 from .fill import EIGHT, drain_interior_holes, whitebox_fill
 
 SINK_FIELDS = ("sink_id", "max_depth", "mean_depth", "area", "volume")
@@ -137,11 +138,14 @@ def _read_dem(ds, band: gdal.Band, info: RasterInfo, nodata, reporter: Reporter)
     return padded, invalid
 
 
-def load_dem(src: str, band: int, reporter: Reporter) -> Dem:
-    """Read band ``band`` of ``src`` padded, with every outlet set below the lowest datum."""
+def load_dem(src: str, band: int, budget: Tuple[str, float | None], reporter: Reporter) -> Dem:
+    """Read band ``band`` of ``src`` padded, with every outlet set below the lowest datum,
+    once ``check_budget`` (``budget``: temporary folder, memory limit in GB) accepts its size."""
     ds = open_raster(src)
     dem_band = check_band(ds, band)
     info = raster_info(ds)
+    need = check_budget(info.width, info.height, *budget)
+    reporter.info(f"Memory needed for the fill: about {need / 1024**3:.2f} GB.")
     nodata = info.nodata[band - 1]
     if not info.georeferenced:
         reporter.warn(
@@ -156,11 +160,13 @@ def load_dem(src: str, band: int, reporter: Reporter) -> Dem:
     return dem
 
 
-def fill_dem(dem: Dem, reporter: Reporter) -> np.ndarray:
-    """The padded filled surface: Whitebox's fill, then the interior holes made outlets."""
+def fill_dem(dem: Dem, folder: str, reporter: Reporter) -> np.ndarray:
+    """The padded filled surface: Whitebox's fill (its files in a hidden folder inside
+    ``folder``), then the interior holes made outlets."""
     info = dem.info
     reporter.info(f"Filling the depressions of a {info.width} x {info.height} DEM (Whitebox).")
-    workdir = tempfile.mkdtemp(prefix="mapseg-sinks-")
+    workdir = tempfile.mkdtemp(prefix=".mapseg-sinks-", dir=folder)
+    reporter.info(f"Temporary files for Whitebox in {workdir}")
     try:
         filled = whitebox_fill(dem.z, workdir)
     finally:
@@ -191,8 +197,9 @@ def _output_nodata(nodata, gdal_type: int, invalid_cells: bool) -> float | None:
     return float(nodata)
 
 
-def _write(dest, arr, info: RasterInfo, gdal_type, nodata, reporter: Reporter) -> str:
-    with OutputRaster(
+def _write(outputs: OutputSet, dest, arr, info: RasterInfo, gdal_type, nodata, reporter):
+    """``arr`` into a new raster of the set, block by block."""
+    out = outputs.raster(
         dest,
         info.width,
         info.height,
@@ -200,13 +207,13 @@ def _write(dest, arr, info: RasterInfo, gdal_type, nodata, reporter: Reporter) -
         geotransform=info.geotransform,
         projection=info.projection,
         nodata=nodata,
-    ) as out:
-        bw, bh = block_size(out.ds)
-        wins = list(windows(info.width, info.height, bw, bh))
-        for i, (x, y, w, h) in enumerate(wins):
-            out.write(arr[y : y + h, x : x + w], x, y)
-            reporter.fraction((i + 1) / len(wins))
-        return out.commit()
+    )
+    bw, bh = block_size(out.ds)
+    wins = list(windows(info.width, info.height, bw, bh))
+    for i, (x, y, w, h) in enumerate(wins):
+        out.write(arr[y : y + h, x : x + w], x, y)
+        reporter.fraction((i + 1) / len(wins))
+    return out
 
 
 def depth_raster(dem: Dem, depth, mask, reporter: Reporter) -> Tuple[np.ndarray, float | None]:
@@ -222,7 +229,7 @@ def depth_raster(dem: Dem, depth, mask, reporter: Reporter) -> Tuple[np.ndarray,
     return result, out_nodata
 
 
-def _write_filled(dest, dem: Dem, depth, reporter: Reporter) -> str:
+def _write_filled(outputs: OutputSet, dest, dem: Dem, depth, reporter: Reporter):
     """The filled DEM in the DEM's float precision (Float64 stays Float64)."""
     info, valid = dem.info, dem.valid
     ftype = gdal.GDT_Float64 if info.dtypes[dem.band - 1] == "Float64" else gdal.GDT_Float32
@@ -230,7 +237,7 @@ def _write_filled(dest, dem: Dem, depth, reporter: Reporter) -> str:
     surface = dem.inner + depth
     if fill_nodata is not None:
         surface[~valid] = fill_nodata
-    return _write(dest, surface, info, ftype, fill_nodata, reporter)
+    return _write(outputs, dest, surface, info, ftype, fill_nodata, reporter)
 
 
 def _summary(dem: Dem, result, mask, paths, sinks: int) -> SinkResult:
@@ -241,7 +248,7 @@ def _summary(dem: Dem, result, mask, paths, sinks: int) -> SinkResult:
     return SinkResult(
         depth_path=depth_path,
         filled_path=filled_path,
-        sinks_path=os.path.abspath(sinks_path) if sinks_path else None,
+        sinks_path=sinks_path,
         sink_cells=int(mask.sum()),
         sinks=sinks,
         max_depth=float(result[mask].max()) if mask.any() else 0.0,
@@ -297,27 +304,23 @@ def _pieces(labels: np.ndarray, info: RasterInfo) -> dict:
     return parts
 
 
-def _sink_polygons(dest, depth, mask, info: RasterInfo, min_area, reporter: Reporter) -> int:
+def _sink_polygons(outputs: OutputSet, dest, depth, mask, info: RasterInfo, min_area, reporter):
     """One (multi)polygon per 8-connected sink with its depth, area and volume statistics."""
-    from ..io.vector import VectorWriter, split_destination
-
     labels, rows = _sink_stats(depth, mask, info, min_area)
     reporter.fraction(0.3)
     # Polygonize 4-connected pieces, then join the pieces of each 8-connected sink.
     parts = _pieces(labels, info)
     reporter.fraction(0.7)
-    path, layer_name = split_destination(dest)
     fields = [("sink_id", ogr.OFTInteger)] + [(n, ogr.OFTReal) for n in SINK_FIELDS[1:]]
-    with VectorWriter(path, info.projection, ogr.wkbMultiPolygon, fields, layer_name) as out:
-        for row in rows:
-            reporter.check()
-            geom = ogr.Geometry(ogr.wkbMultiPolygon)
-            for piece in parts.get(row["sink_id"], ()):
-                geom.AddGeometry(piece)
-            out.add(geom, row)
-        out.commit()
+    out = outputs.vector(dest, info.projection, ogr.wkbMultiPolygon, fields)
+    for row in rows:
+        reporter.check()
+        geom = ogr.Geometry(ogr.wkbMultiPolygon)
+        for piece in parts.get(row["sink_id"], ()):
+            geom.AddGeometry(piece)
+        out.add(geom, row)
     reporter.fraction(1.0)
-    return len(rows)
+    return out, rows
 
 
 @engine_call
@@ -330,33 +333,57 @@ def topographic_sinks(
     max_depth: float | None = None,
     min_depth: float = 0.0,
     min_area: float = 0.0,
+    memory_limit_gb: float | None = None,
     reporter: Reporter | None = None,
 ) -> SinkResult:
     """Depth of water in each depression of the DEM ``src`` (band ``band``).
 
     ``depth_dest`` gets filled - DEM (Float32, 0 where the depth is not above ``min_depth``,
     nodata kept), ``filled_dest`` the filled DEM, ``sinks_dest`` polygons of the connected sink
-    cells at least ``min_area`` large. ``max_depth`` caps each cell's depth.
+    cells at least ``min_area`` large. ``max_depth`` caps each cell's depth. A DEM needing more
+    memory than ``memory_limit_gb`` (default: ``budget.memory_limit``) is refused up front. The
+    outputs land together or not at all (``OutputSet``).
     """
     reporter = reporter or Reporter()
     sinks_path = split_sinks_path(sinks_dest)
     _check_request(src, (depth_dest, filled_dest, sinks_path), max_depth, min_depth, min_area)
-    dem = load_dem(src, band, reporter.sub(0.0, 0.1))
-    filled = fill_dem(dem, reporter.sub(0.1, 0.65))
+    folder = os.path.dirname(os.path.abspath(depth_dest))
+    dem = load_dem(src, band, (folder, memory_limit_gb), reporter.sub(0.0, 0.1))
+    filled = fill_dem(dem, folder, reporter.sub(0.1, 0.65))
     depth, mask = sink_depth(dem, filled, max_depth, min_depth)
     del filled
     result, out_nodata = depth_raster(dem, depth, mask, reporter)
+    with OutputSet() as outputs:
+        written = _write_outputs(
+            outputs,
+            dem,
+            (depth, result, mask, out_nodata),
+            reporter,
+            min_area,
+            (depth_dest, filled_dest, sinks_dest),
+        )
+        outputs.commit(reporter)
+    uris = [out.uri if out is not None else None for out in written[:3]]
+    return _summary(dem, result, mask, uris, written[3])
+
+
+def _write_outputs(outputs: OutputSet, dem: Dem, arrays, reporter: Reporter, min_area, dests):
+    """(depth, filled or None, polygons or None, polygon count) written into ``outputs``."""
+    depth, result, mask, out_nodata = arrays
+    depth_dest, filled_dest, sinks_dest = dests
     info = dem.info
-    depth_path = _write(
-        depth_dest, result, info, gdal.GDT_Float32, out_nodata, reporter.sub(0.65, 0.8)
+    depth_out = _write(
+        outputs, depth_dest, result, info, gdal.GDT_Float32, out_nodata, reporter.sub(0.65, 0.8)
     )
-    filled_path = None
+    filled_out = sinks_out = None
     if filled_dest:
-        filled_path = _write_filled(filled_dest, dem, depth, reporter.sub(0.8, 0.85))
-    sinks = 0
-    if sinks_path:
-        sinks = _sink_polygons(sinks_dest, result, mask, info, min_area, reporter.sub(0.85, 1.0))
-    return _summary(dem, result, mask, (depth_path, filled_path, sinks_path), sinks)
+        filled_out = _write_filled(outputs, filled_dest, dem, depth, reporter.sub(0.8, 0.85))
+    rows: list = []
+    if sinks_dest:
+        sinks_out, rows = _sink_polygons(
+            outputs, sinks_dest, result, mask, info, min_area, reporter.sub(0.85, 1.0)
+        )
+    return depth_out, filled_out, sinks_out, len(rows)
 
 
 def split_sinks_path(dest: str | None) -> str | None:

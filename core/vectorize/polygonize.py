@@ -20,6 +20,7 @@ from osgeo import gdal, ogr, osr
 
 from ..errors import CanceledError, MapSegError
 from ..io.gdal_errors import engine_call
+from ..io.outputs import OutputSet
 from ..io.raster import (
     RasterInfo,
     block_size,
@@ -50,6 +51,7 @@ FIELDS = [
 @dataclass
 class PolygonizeResult:
     path: str
+    uri: str  # what QGIS opens: the file, or x.gpkg|layername=name
     features: int
     layer_name: str
     classes: Dict[int, Tuple[int, float]] = field(default_factory=dict)  # value -> (n, area)
@@ -252,19 +254,17 @@ def _polygonize_to_file(band, mask, srs, eight, path: str, reporter: Reporter) -
     return count
 
 
-def _write_output(polygons_path, dest, layer_name, classes: ClassBand, options, reporter):
-    """Measure (and simplify or dissolve) the polygons into the destination; returns
-    ({class: (polygons, area)}, written layer name)."""
+def _write_output(outputs: OutputSet, polygons_path, dest, classes: ClassBand, options, reporter):
+    """Measure (and simplify or dissolve) the polygons into a writer of ``outputs``; returns
+    ({class: (polygons, area)}, the writer)."""
     simplify, dissolve, count = options
     vds = ogr.Open(polygons_path)
     polygons = vds.GetLayer(0)
     geom_type = ogr.wkbMultiPolygon if dissolve else ogr.wkbPolygon
-    with VectorWriter(dest, classes.info.projection, geom_type, FIELDS, layer_name) as writer:
-        write = _write_dissolved if dissolve else _write_polygons
-        stats = write(vds, polygons, writer, classes.srs, simplify, classes.names, count, reporter)
-        polygons = vds = None
-        writer.commit()
-    return stats, writer.layer_name
+    writer = outputs.vector(dest, classes.info.projection, geom_type, FIELDS)
+    write = _write_dissolved if dissolve else _write_polygons
+    stats = write(vds, polygons, writer, classes.srs, simplify, classes.names, count, reporter)
+    return stats, writer
 
 
 @engine_call
@@ -284,8 +284,8 @@ def polygonize_classes(
     ignore = parse_ignore_values(ignore_values)
     if min_area < 0 or simplify < 0:
         raise MapSegError("MIN_AREA and SIMPLIFY must be zero or positive.")
-    dest, layer_name = split_destination(dest)
-    dest = check_destination(dest, [src])
+    destination = dest
+    dest = check_destination(split_destination(dest)[0], [src])
     classes = open_class_band(src, band)
     threshold = pixel_threshold(min_area, classes.ds, classes.srs)
     scan = bool(ignore) or classes.band.DataType not in EXACT_TYPES
@@ -304,19 +304,22 @@ def polygonize_classes(
         del class_band, mask, sieve_ds, mask_ds  # close the scratch rasters before cleanup
         if count == 0:
             raise _empty_error(ignore, classes.nodata)
-        stats, written = _write_output(
-            tmp_vec, dest, layer_name, classes, (simplify, dissolve, count), spans["write"]
-        )
+        with OutputSet() as outputs:
+            stats, writer = _write_output(
+                outputs, tmp_vec, destination, classes, (simplify, dissolve, count), spans["write"]
+            )
+            outputs.commit(reporter)
     reporter.fraction(1.0)
-    return _result(dest, written, classes, stats, count if not dissolve else len(stats))
+    return _result(writer, classes, stats, count if not dissolve else len(stats))
 
 
-def _result(dest, layer_name, classes: ClassBand, stats, features) -> PolygonizeResult:
+def _result(writer: VectorWriter, classes: ClassBand, stats, features) -> PolygonizeResult:
     srs = classes.srs
     return PolygonizeResult(
-        path=dest,
+        path=writer.dest,
+        uri=writer.uri,
         features=features,
-        layer_name=layer_name,
+        layer_name=writer.layer_name,
         classes=stats,
         colors={k: v for k, v in classes.colors.items() if k in stats},
         names={k: v for k, v in classes.names.items() if k in stats},
