@@ -146,6 +146,9 @@ class InstallDialog(QDialog):
                 self.build_combo.addItem(label, build)
             if driver and self.build_combo.count() > 1:
                 self.build_combo.setCurrentIndex(1)  # the newest build the driver runs
+            if sys.platform.startswith("linux"):  # where download.pytorch.org is out of reach
+                label = self.tr("As the package index serves it (CUDA, larger download)")
+                self.build_combo.addItem(label, "pypi")
         self.build_combo.blockSignals(False)
 
     def _show_installed(self) -> None:

@@ -139,8 +139,9 @@ def install_packages(request, packages, target, root, events, scratch) -> Path:
     partial = new_partial(target)
     events.emit("partial", str(partial))
     try:
-        command = request.install_command(partial, pins, scratch / "constraints.txt")
-        stream(command, events, pip_env(root), progress)
+        if packages:  # else QGIS's Python has it all: an empty folder records the install
+            command = request.install_command(partial, pins, scratch / "constraints.txt")
+            stream(command, events, pip_env(root), progress)
         check_folder(partial, packages)
     except BaseException:
         discard(partial)
