@@ -200,16 +200,6 @@ class MapSegAlgorithm(QgsProcessingAlgorithm):
         """The name chosen for an enum parameter with static strings."""
         return self.parameterAsEnumString(parameters, name, context)
 
-    @classmethod
-    def setting_default(cls, parameters, name: str):
-        """The provider setting for DEVICE, TILE_SIZE or BATCH_SIZE (Options > Processing >
-        Providers > MapSeg) when the parameter is not given; None when it is (it wins)."""
-        if cls.given(parameters, name):
-            return None
-        from ..settings import setting
-
-        return setting(name)
-
     # -- parameter helpers shared by several algorithms ------------------------------------
 
     def raster_source(self, parameters, name, context) -> str:
