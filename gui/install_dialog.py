@@ -66,7 +66,9 @@ class InstallDialog(QDialog):
         self.plan = None
         self.partial = None
         self.state = "idle"  # idle | resolving | installing | canceling
-        self.cancel_file = Path(tempfile.gettempdir()) / f"mapseg-cancel-{os.getpid()}"
+        scratch = Path(tempfile.gettempdir())
+        self.cancel_file = scratch / f"mapseg-cancel-{os.getpid()}-{id(self)}"
+        self.plan_file = scratch / f"mapseg-plan-{os.getpid()}-{id(self)}.json"
         self.setWindowTitle(self.tr("MapSeg: install dependencies"))
         self._build_ui()
         self.python = self._find_python()
@@ -191,11 +193,13 @@ class InstallDialog(QDialog):
         paths = [str(PLUGINS_DIR)] + [p for p in env.value("PYTHONPATH", "").split(os.pathsep) if p]
         env.insert("PYTHONPATH", os.pathsep.join(paths))
         env.insert("PYTHONUNBUFFERED", "1")
+        env.insert("PYTHONIOENCODING", "utf-8")  # read back as UTF-8 (Windows consoles: cp1252)
         self.process.setProcessEnvironment(env)
         self.process.setProcessChannelMode(QProcess.MergedChannels)
         self.process.readyReadStandardOutput.connect(self._read_output)
         self.process.finished.connect(self._finished)
         self._set_state(state)
+        self.progress.setRange(0, 0 if state == "resolving" else 100)  # busy while resolving
         self.process.start(str(self.python), args)
 
     def check_size(self) -> None:
@@ -210,9 +214,8 @@ class InstallDialog(QDialog):
     def start_install(self) -> None:
         extra = []
         if self.plan is not None:
-            plan_file = Path(tempfile.gettempdir()) / f"mapseg-plan-{os.getpid()}.json"
-            plan_file.write_text(json.dumps(self.plan), encoding="utf-8")
-            extra = ["--plan", str(plan_file)]
+            self.plan_file.write_text(json.dumps(self.plan), encoding="utf-8")
+            extra = ["--plan", str(self.plan_file)]
         self.progress.setValue(0)
         self.partial = None
         self.log.appendPlainText(self.tr("Installing into {0}...").format(self.target))
@@ -257,6 +260,8 @@ class InstallDialog(QDialog):
     def _finished(self, code: int, _status=None) -> None:
         state, self.process = self.state, None
         self.cancel_file.unlink(missing_ok=True)
+        self.plan_file.unlink(missing_ok=True)
+        self.progress.setRange(0, 100)
         if self.partial is not None and self.partial.exists() and (code != 0):
             discard(self.partial)  # the installer was killed before it could clean up
         self._set_state("idle")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import tempfile
 import threading
@@ -58,7 +59,7 @@ class Events:
 def pip_env(root: Path) -> dict:
     """The environment for pip: this process's, without MapSeg's folder on PYTHONPATH (pip must
     resolve against what QGIS provides, not against a previous MapSeg install)."""
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     kept = [p for p in parts if not os.path.abspath(p).startswith(os.path.abspath(root))]
     if kept:
@@ -71,7 +72,14 @@ def pip_env(root: Path) -> dict:
 def stream(command: list, events: Events, env: dict, on_line=None) -> None:
     """Run ``command``, passing each output line to the log; stop it on cancel."""
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
+        bufsize=1,
     )
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)
@@ -103,8 +111,12 @@ def resolve(request: Request, root: Path, events: Events, scratch: Path) -> tupl
     """Step 1: what to download (``pip --dry-run --report``), with sizes. -> (info, packages)"""
     events.emit("step", f"Resolving {' '.join(request.requirements)} with {request.python}")
     info = probe(request.python, env=pip_env(root))
-    if not info.get("pip"):
-        raise InstallError(f"{request.python} has no pip.")
+    pip = tuple(int(p) for p in re.findall(r"\d+", info.get("pip") or "0")[:2])
+    if pip < (22, 2):  # --dry-run --report
+        raise InstallError(
+            f"{request.python} has pip {info.get('pip') or 'missing'}; the installer needs pip "
+            f"22.2 or newer. Run `{request.python} -m pip install --upgrade pip`, then again."
+        )
     (scratch / "constraints.txt").write_text(constraints(info), encoding="utf-8")
     report = scratch / "report.json"
     stream(request.resolve_command(report, scratch / "constraints.txt"), events, pip_env(root))
