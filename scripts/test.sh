@@ -8,4 +8,5 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/runtime-$(id -u)}"
 mkdir -p "$XDG_RUNTIME_DIR" build/screenshots && chmod 700 "$XDG_RUNTIME_DIR"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest tests "$@"
+# no path given: pytest runs its testpaths (tests/)
+exec .venv/bin/python -m pytest "$@"
