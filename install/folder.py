@@ -40,9 +40,31 @@ def folder_for(root: str | os.PathLike, version: tuple = sys.version_info[:2]) -
 
 
 def new_partial(target: Path) -> Path:
-    partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    """A new, empty folder beside ``target``, named after this process (see ``cleanup``)."""
+    partial = target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial.mkdir(parents=True)
     return partial
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (an installer still filling its partial folder)."""
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # QUERY_LIMITED_INFO
+        if not handle:
+            return False
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _rmtree(path: Path) -> bool:
@@ -127,11 +149,18 @@ def remove(target: Path) -> bool:
 
 
 def cleanup(root: Path) -> None:
-    """Delete what an earlier cancelled, failed or replaced install left in ``root``."""
+    """Delete what an earlier cancelled, failed or replaced install left in ``root``; a partial
+    folder whose installer process still runs (another QGIS, a qgis_process) is kept."""
     if not Path(root).is_dir():
         return
     for path in Path(root).iterdir():
-        if path.name.startswith(".") and (".partial-" in path.name or ".old-" in path.name):
+        if not path.name.startswith("."):
+            continue
+        if ".partial-" in path.name:
+            owner = path.name.split(".partial-", 1)[1].split("-")[0]
+            if not (owner.isdigit() and pid_alive(int(owner))):
+                _rmtree(path)
+        elif ".old-" in path.name:
             _rmtree(path)
 
 

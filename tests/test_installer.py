@@ -380,6 +380,22 @@ def test_cancel_stops_pip_and_leaves_no_folder_and_the_previous_install(tmp_path
         server.shutdown()
 
 
+def test_cleanup_keeps_the_partial_folder_of_a_running_installer(tmp_path):
+    from mapseg.install import cleanup, new_partial
+
+    target = folder_for(tmp_path)
+    mine = new_partial(target)  # this process runs: an install in progress
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".{target.name}.partial-{dead.pid}-0badc0de"
+    old = tmp_path / f".{target.name}.old-12345678"
+    for path in (stale, old):
+        path.mkdir()
+        (path / "file").write_text("x")
+    cleanup(tmp_path)
+    assert mine.is_dir() and not stale.exists() and not old.exists()
+
+
 def test_install_module_never_imports_qgis():
     for path in (ROOT / "install").glob("*.py"):
         text = path.read_text()
