@@ -9,10 +9,10 @@ from .base import MapSegAlgorithm
 
 # Choices are names (static strings): scripts and saved models refer to them by name.
 ARCHITECTURES = ["unet", "deeplabv3", "fcn", "refinenet", "sam"]
-# name -> (engine loss, class-weighted)
+# name -> (engine loss, class-weighted); the first is the default (robust to imbalance).
 LOSSES = {
-    "ce": ("ce", True),
     "dice_ce": ("dice_ce", True),
+    "ce": ("ce", True),
     "ce_unweighted": ("ce", False),
 }
 
@@ -45,6 +45,7 @@ class TrainModel(MapSegAlgorithm):
     IGNORE_VALUE = "IGNORE_VALUE"
     CHECKPOINT = "CHECKPOINT"
     OBJECT_CLASS = "OBJECT_CLASS"
+    ENCODER_WEIGHTS = "ENCODER_WEIGHTS"
     OUTPUT_MODEL = "OUTPUT_MODEL"
     OUTPUT_REPORT = "OUTPUT_REPORT"
     VAL_MIOU = "VAL_MIOU"
@@ -73,7 +74,7 @@ class TrainModel(MapSegAlgorithm):
                 60.0,
                 minimum=0.0,
             ),
-            P.integer(self.TILE_SIZE, "Tile size (pixels)", 256, minimum=16),
+            P.integer(self.TILE_SIZE, "Tile size (pixels, 0: chosen for the device)", 0, 0),
             *[P.advanced(param) for param in self._tuning()],
             P.file_out(self.OUTPUT_MODEL, "Trained model", "MapSeg model (*.pt)"),
             P.file_out(self.OUTPUT_REPORT, "Training report", "HTML files (*.html)", True),
@@ -84,7 +85,7 @@ class TrainModel(MapSegAlgorithm):
     def _tuning(self) -> list:
         return [
             P.text(self.ARCH_OPTIONS, "Network options (key=value, ...)"),
-            P.integer(self.BATCH_SIZE, "Batch size", 8, minimum=1),
+            P.integer(self.BATCH_SIZE, "Batch size (0: chosen for the device)", 0, minimum=0),
             P.double(self.LEARNING_RATE, "Learning rate", 0.001, minimum=1e-7),
             P.double(
                 self.VALIDATION_FRACTION, "Validation fraction (spatial blocks)", 0.2, 0.0, 0.9
@@ -103,6 +104,11 @@ class TrainModel(MapSegAlgorithm):
                 self.OBJECT_CLASS,
                 "Object class: this label value against all others (empty: every class)",
                 optional=True,
+            ),
+            P.file_in(
+                self.ENCODER_WEIGHTS,
+                "Pretrained encoder weights (torchvision .pth, local file)",
+                "PyTorch weights (*.pth *.pt);;All files (*)",
             ),
         ]
 
@@ -167,6 +173,7 @@ class TrainModel(MapSegAlgorithm):
             tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
             val_fraction=self.parameterAsDouble(parameters, self.VALIDATION_FRACTION, context),
             weighted=weighted,
+            encoder_weights=self.parameterAsFile(parameters, self.ENCODER_WEIGHTS, context),
             fit=FitConfig(
                 epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
                 batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
@@ -195,8 +202,6 @@ class TrainModel(MapSegAlgorithm):
 
     def _loss(self, parameters, context, architecture: str) -> tuple:
         name = self.choice(parameters, self.LOSS, context)
-        if architecture == "sam" and not self.given(parameters, self.LOSS):
-            name = "dice_ce"  # SAM fine-tuning: dice + cross-entropy unless LOSS says otherwise
         return LOSSES[name]
 
     def _polygons(self, parameters, context, feedback) -> tuple:

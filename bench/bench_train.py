@@ -1,6 +1,7 @@
 """Training throughput: the real Train Model pipeline vs the bare network on in-memory tensors.
 
-The pipeline (GeoTIFF -> labels -> tiles -> normalisation -> batches -> augmentation -> step,
+The pipeline (GeoTIFF -> labels -> random windows -> normalisation -> batches -> augmentation
+-> step with its safeguards (skip non-finite losses, keep batch-norm statistics),
 with ``train_model``) should step nearly as fast as the same network stepping on tensors that
 already sit in memory: data handling must not be the bottleneck. Both are measured in this run,
 alternately, and the median of each is compared. ``--lazy`` also measures the pipeline with
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "pkg"))
 from mapseg.core.progress import Reporter  # noqa: E402
 from mapseg.core.train.job import TrainJob, train_model  # noqa: E402
 from mapseg.core.train.loop import FitConfig  # noqa: E402
+from mapseg.core.train.losses import make_criterion  # noqa: E402
 from mapseg.nets import build_network  # noqa: E402
 
 
@@ -69,7 +71,7 @@ def bare(args, steps: int, bands: int, classes: int) -> float:
     torch.manual_seed(0)
     net = build_network("unet", bands, classes, base_width=args.width).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
-    ce = torch.nn.CrossEntropyLoss(weight=torch.ones(classes), ignore_index=-1)
+    ce = make_criterion("dice_ce", np.ones(classes), classes, "cpu")  # Train Model's default
     x = torch.rand(args.batch, bands, args.tile, args.tile)
     y = torch.randint(0, classes, (args.batch, args.tile, args.tile))
     for _ in range(2):  # warm-up

@@ -88,11 +88,12 @@ def replace_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
     return model
 
 
-def check_choice(option: str, value: object, choices: Iterable[str]) -> str:
+def check_choice(option: str, value: object, choices: Iterable) -> str:
     """Raise a MapSegError naming the valid values when ``value`` is not one of them."""
     choices = list(choices)
     if value not in choices:
-        raise MapSegError(f"{option} must be one of {', '.join(choices)}, not {value!r}.")
+        listing = ", ".join(str(c) for c in choices)
+        raise MapSegError(f"{option} must be one of {listing}, not {value!r}.")
     return value  # type: ignore[return-value]
 
 
@@ -101,3 +102,36 @@ def check_positive_int(option: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise MapSegError(f"{option} must be an integer >= 1, not {value!r}.")
     return value
+
+
+# ResNet stride of each output stage: the stem and layer1 reach 1/4, then each stage halves.
+RESNET_CHANNELS = {
+    "resnet18": (64, 128, 256, 512),
+    "resnet34": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+}
+
+
+def resnet(name: str, in_channels: int, output_stride: int = 32) -> nn.Module:
+    """A torchvision ResNet (random init, nothing downloaded) reading ``in_channels`` bands,
+    with its last stages dilated instead of strided down to ``output_stride`` (32, 16 or 8).
+
+    torchvision refuses dilation in ResNet-18/34's BasicBlock, so the strides and dilations are
+    set on the built convolutions: every 3x3 conv of a dilated stage gets stride 1, dilation
+    and padding d (sizes are kept), and its shortcut stride 1.
+    """
+    from torchvision import models
+
+    check_choice("backbone", name, RESNET_CHANNELS)
+    check_choice("output_stride", output_stride, (8, 16, 32))
+    net = getattr(models, name)(weights=None)  # looked up at call time (tests spy on it)
+    replace_first_conv(net, in_channels)
+    stages = {32: [], 16: [(net.layer4, 2)], 8: [(net.layer3, 2), (net.layer4, 4)]}
+    for layer, d in stages[output_stride]:
+        for block in layer:
+            for conv in block.modules():
+                if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
+                    conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
+            if block.downsample is not None:
+                block.downsample[0].stride = (1, 1)
+    return net

@@ -195,8 +195,28 @@ class TestDeepLabV3ResNet50(NetTester):
     SPIED = [(torchvision.models.segmentation, "deeplabv3_resnet50")]
 
 
-class TestFCN(NetTester):
+class TestDeepLabV3Light(NetTester):  # the default: ResNet-18 at stride 16 with a decoder
+    NAME = "deeplabv3"
+    CASES = [(1, 2, (64, 64)), (3, 5, (97, 97)), (7, 2, (65, 130))]
+    SPIED = [(torchvision.models, "resnet18")]
+
+
+class TestDeepLabV3Stride8(NetTester):
+    NAME = "deeplabv3"
+    KWARGS = {"backbone": "resnet34", "output_stride": 8}
+    CASES = [(4, 3, (57, 64))]
+    SPIED = [(torchvision.models, "resnet34")]
+
+
+class TestFCN(NetTester):  # the default: FCN-8s on ResNet-18
     NAME = "fcn"
+    CASES = [(7, 5, (64, 71)), (1, 2, (33, 47))]
+    SPIED = [(torchvision.models, "resnet18")]
+
+
+class TestFCNResNet50(NetTester):
+    NAME = "fcn"
+    KWARGS = {"backbone": "resnet50"}
     CASES = [(7, 5, (64, 71))]
     SPIED = [(torchvision.models.segmentation, "fcn_resnet50")]
 
@@ -239,8 +259,11 @@ def test_numpy_counts_become_plain_ints():
 def test_default_kwargs_are_recorded():
     model = build_network("unet", 3, 2, base_width=4)
     assert model.mapseg_arch["kwargs"] == {"base_width": 4, "upsampling": "bilinear"}
+    # Issue 11: lighter defaults (ResNet-18, width 64) so RefineNet trains on a CPU budget.
     model = build_network("refinenet", 3, 2, backbone="resnet18")
-    assert model.mapseg_arch["kwargs"] == {"backbone": "resnet18", "width": 128}
+    assert model.mapseg_arch["kwargs"] == {"backbone": "resnet18", "width": 64}
+    model = build_network("deeplabv3", 3, 2)
+    assert model.mapseg_arch["kwargs"] == {"backbone": "resnet18", "output_stride": 16}
 
 
 def test_unknown_name_lists_known_ones():
@@ -254,10 +277,12 @@ def test_unknown_name_lists_known_ones():
     ("name", "kwargs", "message"),
     [
         ("unet", {"depth": 4}, "accepts: base_width, upsampling"),
-        ("fcn", {"backbone": "resnet101"}, "accepts: no options"),
+        # Issue 11: FCN now offers light backbones (it accepted no options before).
+        ("fcn", {"backbone": "resnet101"}, "backbone must be one of resnet18, resnet34, resnet50"),
+        ("deeplabv3", {"output_stride": 4}, "output_stride must be one of 8, 16"),
         ("unet", {"upsampling": "nearest"}, "upsampling must be one of bilinear, transpose"),
         ("unet", {"base_width": 0}, "base_width must be an integer >= 1"),
-        ("deeplabv3", {"backbone": "vgg16"}, "backbone must be one of mobilenet_v3_large"),
+        ("deeplabv3", {"backbone": "vgg16"}, "one of resnet18, resnet34, mobilenet_v3_large"),
         ("refinenet", {"backbone": "resnet101"}, "backbone must be one of resnet18"),
         ("refinenet", {"width": 2.5}, "width must be an integer >= 1"),
         ("unet", {"base_width": [8]}, "base_width must be an integer"),
@@ -341,3 +366,65 @@ def test_replace_first_conv_keeps_geometry():
     assert (conv.kernel_size, conv.stride, conv.padding) == ((7, 7), (2, 2), (3, 3))
     assert conv.bias is None
     assert model.eval()(torch.randn(1, 7, 32, 32)).shape == (1, 1000)
+
+
+# -- pretrained encoders from a local file (ENCODER_WEIGHTS) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "torchvision_net", "bands"),
+    [
+        ("deeplabv3", {}, "resnet18", 4),
+        ("fcn", {"backbone": "resnet34"}, "resnet34", 1),
+        ("refinenet", {}, "resnet18", 3),
+        ("deeplabv3", {"backbone": "mobilenet_v3_large"}, "mobilenet_v3_large", 5),
+    ],
+)
+def test_encoder_weights_load_from_a_torchvision_state_dict(
+    tmp_path, name, kwargs, torchvision_net, bands
+):
+    from mapseg.nets.pretrained import load_encoder_weights
+
+    torch.manual_seed(5)
+    source = getattr(torchvision.models, torchvision_net)(weights=None)
+    with torch.no_grad():  # distinctive values, so a copied tensor cannot match by chance
+        for p in source.parameters():
+            p.add_(torch.rand_like(p))
+    state = source.state_dict()  # torchvision's exact key layout
+    path = tmp_path / f"{torchvision_net}.pth"
+    torch.save(state, path)
+    model = build_network(name, bands, 3, **kwargs)
+    message = load_encoder_weights(model, str(path))
+    assert "pretrained backbone tensors" in message
+    own = model.state_dict()
+    first_key = next(k for k in own if own[k].dim() == 4)
+    rgb = state["features.0.0.weight" if "mobilenet" in torchvision_net else "conv1.weight"]
+    first = own[first_key]
+    if bands == 3:
+        assert torch.equal(first, rgb)
+    elif bands == 1:
+        torch.testing.assert_close(first, rgb.mean(dim=1, keepdim=True))
+    else:  # repeated cyclically, scaled by 3/N so activations keep their scale
+        torch.testing.assert_close(first[:, :3] * bands / 3, rgb)
+        torch.testing.assert_close(first[:, 3:] * bands / 3, rgb[:, : bands - 3])
+    # Every other backbone tensor is the file's, by torchvision key name.
+    probe = "features.5.block.0.0.weight" if "mobilenet" in torchvision_net else "layer3.1.bn2.bias"
+    assert any(torch.equal(v, state[probe]) for v in own.values())
+    assert model.eval()(torch.randn(1, bands, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_wrong_encoder_weights_are_refused_clearly(tmp_path):
+    from mapseg.nets.pretrained import load_encoder_weights
+
+    wrong = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), wrong)
+    with pytest.raises(MapSegError, match="does not fit the deeplabv3 backbone resnet18"):
+        load_encoder_weights(build_network("deeplabv3", 3, 2), str(wrong))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(MapSegError, match="not a PyTorch state dict"):
+        load_encoder_weights(build_network("fcn", 3, 2), str(junk))
+    with pytest.raises(MapSegError, match="needs a network with a torchvision backbone"):
+        load_encoder_weights(build_network("unet", 3, 2, base_width=4), str(wrong))
+    with pytest.raises(MapSegError, match="does not exist"):
+        load_encoder_weights(build_network("fcn", 3, 2), str(tmp_path / "none.pth"))

@@ -80,7 +80,9 @@ def test_trains_through_processing(trained):
 def test_report_holds_curves_and_tables(trained):
     res, out, report = trained
     text = report.read_text()
-    assert len(re.findall(r"<img alt='[^']+' src='data:image/png;base64,", text)) == 2
+    # Issue 11: loss, mIoU and per-class IoU curves (a collapse to one class is visible).
+    assert len(re.findall(r"<img alt='[^']+' src='data:image/png;base64,", text)) == 3
+    assert "per-class IoU curve" in text and "random windows" in text
     assert "Per-class scores" in text and "Confusion matrix" in text
     meta, _ = load_model(str(out))
     for c, p in zip(meta["classes"], meta["metrics"]["per_class"]):

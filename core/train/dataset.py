@@ -38,6 +38,9 @@ class Tile:
     col: int  # position on the tile grid, for spatial blocks
     row: int
     values: dict = field(default_factory=dict)  # raw label value -> labelled pixel count
+    # raw label value -> (n, 2) array of (row, col) raster positions of some of its pixels:
+    # anchors for class-balanced random windows.
+    points: dict = field(default_factory=dict)
 
     def overlaps(self, other: Tile) -> bool:
         return (
@@ -58,7 +61,7 @@ def scan_tiles(
     """Every grid tile with at least one labelled pixel on image data, with its label value
     counts. Labels on image nodata count nowhere: the reader masks them out, so a tile holding
     only those would give batches without a labelled pixel (a NaN loss)."""
-    grid = []
+    grid, rng = [], np.random.default_rng(0)
     for r, ds in enumerate(images):
         for row, y in enumerate(axis_starts(ds.RasterYSize, tile_size)):
             for col, x in enumerate(axis_starts(ds.RasterXSize, tile_size)):
@@ -71,12 +74,21 @@ def scan_tiles(
         if keep.any():
             keep &= _image_valid(images[t.raster], t)
         if keep.any():
-            vals, counts = np.unique(np.rint(lab[keep]).astype(np.int64), return_counts=True)
-            t.values = {int(v): int(c) for v, c in zip(vals, counts)}
+            _count_labels(t, np.rint(lab).astype(np.int64), keep, rng)
             tiles.append(t)
         if i % 16 == 0:
             reporter.fraction((i + 1) / len(grid))
     return tiles
+
+
+def _count_labels(t: Tile, lab: np.ndarray, keep: np.ndarray, rng, anchors: int = 32) -> None:
+    """Labelled pixels per value in tile ``t`` and up to ``anchors`` positions of each."""
+    vals, counts = np.unique(lab[keep], return_counts=True)
+    t.values = {int(v): int(c) for v, c in zip(vals, counts)}
+    for v in t.values:
+        rows, cols = np.nonzero(keep & (lab == v))
+        pick = rng.choice(rows.size, size=min(anchors, rows.size), replace=False)
+        t.points[int(v)] = np.stack([rows[pick] + t.y, cols[pick] + t.x], axis=1)
 
 
 def _image_valid(ds: gdal.Dataset, t: Tile) -> np.ndarray:
@@ -232,46 +244,64 @@ class TileSet:
     def batches(
         self, order: Sequence[int], batch_size: int, prefetch: int = 3
     ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-        """Batches of (x, y) in ``order``; lazy sets read ahead in a background thread.
-
-        Only that thread touches the GDAL datasets while a lazy iteration runs (GDAL handles
-        are not thread-safe), and it stops as soon as the consumer stops iterating.
-        """
+        """Batches of (x, y) in ``order``; lazy sets read ahead in a background thread."""
         groups = [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
         if self.preloaded:
-            for g in groups:
-                yield self._load(g)
-            return
-        q: queue.Queue = queue.Queue(maxsize=prefetch)
-        stop = threading.Event()
+            return (self._load(g) for g in groups)
+        return prefetched(groups, self._load, prefetch)
 
-        def work() -> None:
-            try:
-                for g in groups:
-                    if stop.is_set():
-                        return
-                    q.put(self._load(g))
-                q.put(None)
-            except BaseException as err:  # hand read errors to the consumer
-                q.put(err)
+    def epoch_steps(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
 
-        thread = threading.Thread(target=work, name="mapseg-prefetch", daemon=True)
-        thread.start()
+    def epoch_batches(self, rng, batch_size: int, tile_p=None):
+        """One epoch: every tile once in random order, or ``len(self)`` draws with replacement
+        from probabilities ``tile_p`` (the balanced sampler)."""
+        order = (
+            rng.permutation(len(self))
+            if tile_p is None
+            else rng.choice(len(self), size=len(self), p=tile_p)
+        )
+        if len(order) % batch_size == 1 and len(order) > 1:  # batch-norm needs two samples
+            order = order[:-1]
+        return self.batches(order, batch_size)
+
+
+def prefetched(groups: Sequence, load, prefetch: int = 3) -> Iterator:
+    """``load(group)`` for each group, computed ahead in a background thread.
+
+    Only that thread touches the GDAL datasets while the iteration runs (GDAL handles are not
+    thread-safe), and it stops as soon as the consumer stops iterating.
+    """
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def work() -> None:
         try:
-            while True:
-                item = q.get()
-                if item is None:
+            for g in groups:
+                if stop.is_set():
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while thread.is_alive():  # unblock a put() so the thread sees the stop flag
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    thread.join(timeout=0.05)
+                q.put(load(g))
+            q.put(None)
+        except BaseException as err:  # hand read errors to the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=work, name="mapseg-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a put() so the thread sees the stop flag
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
 
 
 def fits_in_memory(n_tiles: int, bands: int, tile_size: int, budget_mb: float) -> bool:

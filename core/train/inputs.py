@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from typing import List, Sequence
 
+import numpy as np
+
 from ..errors import MapSegError
 from ..io.raster import open_raster
 from ..labels import classes as lab
@@ -136,6 +138,9 @@ def one_against_rest(job, tiles: list, found: List[int], given: list, layers: li
         n_obj = t.values.get(obj, 0)
         n_rest = sum(t.values.values()) - n_obj
         t.values = {v: n for v, n in ((0, n_rest), (1, n_obj)) if n}
+        rest = [p for v, p in t.points.items() if v != obj]
+        points = {0: np.concatenate(rest) if rest else None, 1: t.points.get(obj)}
+        t.points = {v: p for v, p in points.items() if p is not None and len(p)}
     names, colors = {}, {}
     for layer in layers:
         names.update(layer.names)

@@ -6,10 +6,11 @@ benchmarks and scripts run exactly the same pipeline.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Sequence
 
 import numpy as np
@@ -19,13 +20,16 @@ from ..io.gdal_errors import engine_call
 from ..io.normalize import band_stats
 from ..io.raster import check_destination, raster_info
 from ..labels import classes as lab
+from ..model.device import resolve_device
 from ..model.modelfile import build_model, load_model, new_meta, save_model
 from ..progress import Reporter
 from .dataset import TileReader, TileSet, class_counts, fits_in_memory, scan_tiles, spatial_split
+from .defaults import device_defaults
 from .inputs import check_sam, class_table, label_layers, one_against_rest, open_images
 from .loop import FitConfig, FitResult, fit
 from .losses import class_weights
 from .schedule import seed_everything
+from .windows import RandomWindows, steps_per_epoch
 
 
 @dataclass
@@ -42,19 +46,21 @@ class TrainJob:
     architecture: str = "unet"
     arch_kwargs: dict = field(default_factory=dict)
     init_model: str = ""
-    tile_size: int = 256
+    tile_size: int = 0  # 0: chosen for the device (core.train.defaults)
     val_fraction: float = 0.2
     weighted: bool = True  # class-weighted cross-entropy
     memory_budget_mb: float = 1024.0
     fit: FitConfig = field(default_factory=FitConfig)
     object_class: int | None = None  # this label value becomes class 1, every other one 0
+    encoder_weights: str = ""  # torchvision .pth state dict for the backbone (nets.pretrained)
+    notes: list = field(default_factory=list)  # what the device defaults chose, for the record
 
 
 @dataclass
 class TrainData:
     """The training and validation tiles, and what the model file records about them."""
 
-    train: TileSet
+    train: TileSet | RandomWindows
     val: TileSet
     counts: np.ndarray  # labelled training pixels per class
     labelled: np.ndarray  # labelled pixels per class over all tiles
@@ -144,22 +150,44 @@ def _tile_sets(job, images, layers, tiles, classes, stats, reporter) -> TrainDat
     )
     reader = TileReader(images, layers, values, stats, job.tile_size, job.object_class)
     bands = images[0].RasterCount
-    preload = fits_in_memory(len(tiles), bands, job.tile_size, job.memory_budget_mb)
+    train_tiles, val_tiles = [tiles[i] for i in train_idx], [tiles[i] for i in val_idx]
     load = reporter.sub(0.05, 0.15)
-    train_set = TileSet(reader, [tiles[i] for i in train_idx], preload, load.sub(0, 0.8))
-    val_set = TileSet(reader, [tiles[i] for i in val_idx], preload, load.sub(0.8, 1))
+    if job.fit.balanced:  # SAM: whole grid tiles, with and without the object equally often
+        preload = fits_in_memory(len(tiles), bands, job.tile_size, job.memory_budget_mb)
+        train_set = TileSet(reader, train_tiles, preload, load.sub(0, 0.8))
+    else:
+        pixels = sum(ds.RasterXSize * ds.RasterYSize for ds in images) / job.tile_size**2
+        preload = fits_in_memory(math.ceil(pixels), bands, job.tile_size, job.memory_budget_mb)
+        bs = job.fit.batch_size or 8
+        steps = steps_per_epoch(len(train_tiles), len(val_tiles), bs)
+        train_set = RandomWindows(reader, train_tiles, val_tiles, preload, steps, load.sub(0, 0.8))
+        reporter.info(
+            f"Training on random {job.tile_size}-px windows (class-balanced), {steps} steps of "
+            f"{bs} per epoch; validation on {len(val_tiles)} whole tiles no window touches."
+        )
+    val_set = TileSet(reader, val_tiles, preload, load.sub(0.8, 1))
     if not preload:
-        reporter.info("Tiles do not fit the memory budget: they are read as training goes.")
+        reporter.info("Rasters do not fit the memory budget: they are read as training goes.")
     return TrainData(train_set, val_set, counts, class_counts(tiles, values), preload)
 
 
-def _network(job: TrainJob, init_meta, init_state, bands: int, num_classes: int):
+def _network(job: TrainJob, init_meta, init_state, bands: int, num_classes: int, reporter):
     seed_everything(job.fit.seed)  # the network's initial weights depend on the seed too
+    if init_meta is not None and job.encoder_weights:
+        raise MapSegError(
+            "ENCODER_WEIGHTS starts a new network from pretrained weights; it cannot be "
+            "combined with INIT_MODEL (a model to fine-tune)."
+        )
     if init_meta is not None:  # a fine-tuned SAM takes its frozen encoders from CHECKPOINT
         return build_model(init_meta, init_state, str(job.arch_kwargs.get("checkpoint") or ""))
     from ...nets import build_network
 
-    return build_network(job.architecture, bands, num_classes, **job.arch_kwargs)
+    net = build_network(job.architecture, bands, num_classes, **job.arch_kwargs)
+    if job.encoder_weights:
+        from ...nets.pretrained import load_encoder_weights
+
+        reporter.info(load_encoder_weights(net, job.encoder_weights))
+    return net
 
 
 def _training_record(job, result: FitResult, data: TrainData, weights) -> dict:
@@ -183,6 +211,10 @@ def _training_record(job, result: FitResult, data: TrainData, weights) -> dict:
         "seed": job.fit.seed,
         "validation_fraction": job.val_fraction,
         "train_tiles": len(data.train),
+        "sampling": "grid tiles, balanced" if job.fit.balanced else "random windows, balanced",
+        "steps_per_epoch": data.train.epoch_steps(job.fit.batch_size or 8),
+        "defaults": job.notes,
+        "encoder_weights": os.path.basename(job.encoder_weights),
         "val_tiles": len(data.val),
         "train_pixels": [int(n) for n in data.counts],
         "labelled_pixels": [int(n) for n in data.labelled],
@@ -214,11 +246,30 @@ def _model_meta(job, images: list, net, stats, classes: List[dict], training: di
     )
 
 
+def _with_device_defaults(job: TrainJob, reporter: Reporter) -> TrainJob:
+    """The job with its tile size, batch size and U-Net width chosen for the device when
+    left unset; the log says what was chosen and why."""
+    arch = "" if job.init_model else job.architecture  # a fine-tuned model keeps its network
+    device = resolve_device(job.fit.device)
+    chosen = device_defaults(device, arch, job.tile_size, job.fit.batch_size, job.arch_kwargs)
+    if chosen.tile_size < 16:
+        raise MapSegError(
+            f"TILE_SIZE {chosen.tile_size} is too small: give 0 (chosen for the device) or at "
+            "least 16 pixels."
+        )
+    for note in chosen.notes:
+        reporter.info(note)
+    fit_cfg = replace(job.fit, batch_size=chosen.batch_size)
+    return replace(job, tile_size=chosen.tile_size, arch_kwargs=chosen.arch_kwargs, fit=fit_cfg,
+                   notes=chosen.notes)  # fmt: skip
+
+
 @engine_call
 def train_model(job: TrainJob, reporter: Reporter) -> dict:
     """Train, save the model file at ``job.output`` and return its metadata."""
     output = check_destination(job.output, list(job.images))
     images = open_images(job.images)
+    job = _with_device_defaults(job, reporter)
     if not job.label_rasters and not job.polygons:  # no labels: label-free (self-supervised)
         from .labelfree import train_from_job
 
@@ -234,7 +285,7 @@ def train_model(job: TrainJob, reporter: Reporter) -> dict:
         tiles, classes = _labelled_tiles(job, images, layers, given, init_meta, reporter)
         stats = _normalisation(job, images, init_meta, reporter)
         data = _tile_sets(job, images, layers, tiles, classes, stats, reporter)
-        net = _network(job, init_meta, init_state, bands, len(classes))
+        net = _network(job, init_meta, init_state, bands, len(classes), reporter)
         weights = class_weights(data.counts) if job.weighted else None
         names = [c["name"] for c in classes]
         result = fit(

@@ -23,7 +23,8 @@ from ..sam.finetune import balanced_weights
 from .augment import augment_batch
 from .dataset import IGNORE_INDEX, TileSet
 from .losses import LOSSES, make_criterion
-from .schedule import Clock, cpu_state, lr_lambda, seed_everything, warn_stopped
+from .schedule import BudgetSchedule, Clock, cpu_state, seed_everything, warn_stopped
+from .windows import RandomWindows
 
 
 @dataclass
@@ -33,7 +34,7 @@ class FitConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     max_minutes: float = 0.0  # 0: no time limit
-    loss: str = "ce"  # "ce": (class-weighted) cross-entropy; "dice_ce": dice + cross-entropy
+    loss: str = "dice_ce"  # dice + (class-weighted) cross-entropy; "ce": cross-entropy alone
     augment: bool = True
     # Draw tiles with and without the object (any class but the first) equally often, with
     # replacement (SAM fine-tuning); False: every training tile once per epoch.
@@ -84,14 +85,17 @@ class Trainer:
         self.opt = torch.optim.AdamW(
             net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total_steps))
+        self.schedule = BudgetSchedule(total_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.steps, self.skipped, self.micro = 0, 0, 0  # micro 0: the whole batch at once
 
-    def step(self, xb: np.ndarray, yb: np.ndarray, gen) -> float | None:
-        """One optimizer step on a batch; returns its loss (None: skipped)."""
+    def step(self, xb: np.ndarray, yb: np.ndarray, gen, time_share: float = 0.0) -> float | None:
+        """One optimizer step on a batch at ``time_share`` of the time budget; returns its loss
+        (None: skipped)."""
         import torch
 
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.learning_rate * self.schedule.factor(self.steps, time_share)
         x = torch.from_numpy(xb).to(self.device, non_blocking=True)
         y = torch.from_numpy(yb).to(self.device, non_blocking=True)
         if len(xb) == 1:  # a single training tile: pair it with an augmented copy
@@ -110,7 +114,6 @@ class Trainer:
                 for b, saved in zip(self.net.buffers(), buffers):
                     b.copy_(saved)
             loss = None
-        self.sched.step()
         self.steps += 1
         return loss
 
@@ -211,25 +214,13 @@ def _check_inputs(cfg: FitConfig, train: TileSet) -> None:
         )
 
 
-def _epoch_order(train: TileSet, rng, bs: int, tile_p) -> np.ndarray:
-    """Tile order of one epoch: a shuffle, or balanced draws with replacement."""
-    order = (
-        rng.permutation(len(train))
-        if tile_p is None
-        else rng.choice(len(train), size=len(train), p=tile_p)
-    )
-    if len(order) % bs == 1 and len(order) > 1:  # batch-norm needs two samples per batch
-        order = order[:-1]
-    return order
-
-
-def _train_epoch(trainer: Trainer, train: TileSet, order, bs: int, gen, clock: Clock, total):
+def _train_epoch(trainer: Trainer, batches, gen, clock: Clock, total: int):
     """Steps over one epoch's batches: (loss sum, batches, stop reason or '')."""
     trainer.net.train()
     loss_sum, n_batches, stop = 0.0, 0, ""
-    for xb, yb in train.batches(order, bs):
+    for xb, yb in batches:
         try:
-            loss = trainer.step(xb, yb, gen)
+            loss = trainer.step(xb, yb, gen, clock.time_share())
         except GpuMemoryError:
             return loss_sum, n_batches, "memory"
         if loss is not None:
@@ -248,6 +239,7 @@ def _epoch_entry(epoch, loss_sum, n_batches, v_loss, scores, trainer, t0, stop) 
         "val_loss": v_loss,
         "val_miou": scores["miou"],
         "val_accuracy": scores["accuracy"],
+        "val_iou": [c["iou"] for c in scores["per_class"]],
         "lr": trainer.lr(),
         "seconds": round(time.perf_counter() - t0, 3),
         "steps": n_batches,
@@ -255,12 +247,14 @@ def _epoch_entry(epoch, loss_sum, n_batches, v_loss, scores, trainer, t0, stop) 
     }
 
 
-def _log_epoch(reporter: Reporter, entry: dict, epochs: int, partial: bool) -> None:
+def _log_epoch(reporter: Reporter, entry: dict, epochs: int, partial: bool, names) -> None:
+    names = names or [str(i) for i in range(len(entry["val_iou"]))]
+    per_class = ", ".join(f"{n} {v:.2f}" for n, v in zip(names, entry["val_iou"]))
     reporter.info(
         f"Epoch {entry['epoch']}/{epochs}{' (partial)' if partial else ''}: train loss "
         f"{entry['train_loss']:.4f}, validation loss {entry['val_loss']:.4f}, mIoU "
         f"{entry['val_miou']:.3f}, accuracy {entry['val_accuracy']:.3f} "
-        f"({entry['seconds']:.1f} s)"
+        f"({entry['seconds']:.1f} s); IoU per class: {per_class}"
     )
     if entry.get("skipped"):
         reporter.warn(
@@ -271,7 +265,7 @@ def _log_epoch(reporter: Reporter, entry: dict, epochs: int, partial: bool) -> N
 
 def fit(
     net,
-    train: TileSet,
+    train: TileSet | RandomWindows,
     val: TileSet,
     num_classes: int,
     weights: np.ndarray | None,
@@ -291,17 +285,16 @@ def fit(
     # Per-tile sampling probabilities of the balanced sampler (None: a plain shuffle).
     tile_p = balanced_weights(train.object_fractions()) if cfg.balanced else None
     criterion = make_criterion(cfg.loss, weights, num_classes, device)
-    bs = max(1, min(cfg.batch_size, len(train)))
-    total_steps = max(1, cfg.epochs * math.ceil(len(train) / bs))
+    bs = max(1, min(cfg.batch_size or 8, len(train)))
+    total_steps = max(1, cfg.epochs * train.epoch_steps(bs))
     trainer = Trainer(net, cfg, criterion, device, total_steps)
     # Validate on the training tiles when there is no validation set (said in the metrics).
     check_set = val if len(val) else train
     clock, best, history, stop = Clock(reporter, cfg.max_minutes), BestModel(), [], ""
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        order = _epoch_order(train, rng, bs, tile_p)
-        skipped = trainer.skipped
-        loss_sum, n_batches, stop = _train_epoch(trainer, train, order, bs, gen, clock, total_steps)
+        batches, skipped = train.epoch_batches(rng, bs, tile_p), trainer.skipped
+        loss_sum, n_batches, stop = _train_epoch(trainer, batches, gen, clock, total_steps)
         train_seconds = time.perf_counter() - t0
         if stop == "memory" and best.state is None:
             raise MapSegError(OOM_MESSAGE)
@@ -315,7 +308,7 @@ def fit(
         entry["train_seconds"] = round(train_seconds, 4)  # the training steps only
         entry["skipped"] = trainer.skipped - skipped
         history.append(entry)
-        _log_epoch(reporter, entry, cfg.epochs, bool(stop))
+        _log_epoch(reporter, entry, cfg.epochs, bool(stop), class_names)
         if stop:
             break
     if stop:

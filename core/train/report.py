@@ -90,6 +90,10 @@ def _summary(meta: dict) -> str:
         ["Device", esc(str(tr.get("device"))) + (" (AMP)" if tr.get("mixed_precision") else "")],
         ["Training time", f"{float(tr.get('seconds', 0)):.1f} s"],
         ["Epochs run", f"{tr.get('epochs_run', len(hist))} of {tr.get('epochs', '?')}"],
+        ["Sampling", esc(f"{tr.get('sampling', 'grid tiles')}, "
+                         f"{tr.get('steps_per_epoch', '?')} steps per epoch")],
+        ["Defaults chosen", esc(" ".join(tr.get("defaults") or []) or "-")],
+        ["Encoder weights", esc(tr.get("encoder_weights") or "random initialisation")],
         ["Training / validation tiles", f"{tr.get('train_tiles')} / {tr.get('val_tiles')}"],
         ["Loss", esc(str(tr.get("loss", "")))],
         ["Fine-tuned from", esc(tr.get("init_model") or "-")],
@@ -101,7 +105,7 @@ def _summary(meta: dict) -> str:
     return "<h2>Summary</h2>" + _rows(rows, ["", ""])
 
 
-def _curves(hist: List[dict]) -> List[str]:
+def _curves(hist: List[dict], names: List[str]) -> List[str]:
     epochs = [h["epoch"] for h in hist]
     loss = _png(
         [
@@ -119,10 +123,17 @@ def _curves(hist: List[dict]) -> List[str]:
         "score",
         "Validation mIoU and accuracy",
     )
-    return [
+    parts = [
         f"<h2>Curves</h2><img alt='loss curve' src='{loss}'>",
         f"<img alt='mIoU curve' src='{miou}'>",
     ]
+    if names and all(h.get("val_iou") for h in hist):  # a collapse to one class shows here
+        series = [
+            (name, epochs, _finite([h["val_iou"][i] for h in hist])) for i, name in enumerate(names)
+        ]
+        iou = _png(series, "IoU", "Validation IoU per class")
+        parts.append(f"<img alt='per-class IoU curve' src='{iou}'>")
+    return parts
 
 
 def _per_class(classes: List[dict], per: List[dict]) -> str:
@@ -168,7 +179,7 @@ def report_html(meta: dict) -> str:
     parts = _head("MapSeg training report", meta.get("training") or {}, "the best weights")
     parts.append(_summary(meta))
     if hist:
-        parts += _curves(hist)
+        parts += _curves(hist, [str(c["name"]) for c in meta["classes"]])
     if metrics.get("per_class"):
         parts.append(_per_class(meta["classes"], metrics["per_class"]))
     if metrics.get("confusion"):

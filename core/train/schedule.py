@@ -36,6 +36,22 @@ def lr_lambda(total_steps: int):
     return factor
 
 
+class BudgetSchedule:
+    """Warm-up, then cosine decay to 5 % over whichever budget runs out first: the steps of
+    ``EPOCHS`` or the time limit. With a time limit a run therefore ends at a low learning
+    rate, however many steps the device managed (``time_share``: share of it used)."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total = max(1, total_steps)
+        self.warmup = max(1, min(100, self.total // 20))
+
+    def factor(self, step: int, time_share: float = 0.0) -> float:
+        warm = min(1.0, (step + 1) / self.warmup)
+        by_steps = (step - self.warmup) / max(1, self.total - self.warmup)
+        progress = min(1.0, max(0.0, by_steps, time_share))
+        return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def cpu_state(net) -> dict:
     """A detached CPU copy of ``net``'s weights (the best model so far)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}

@@ -1,0 +1,130 @@
+"""Issue 11's trainer: class-balanced random windows apart from validation, the time-budget
+schedule, device defaults, and learning a rare class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import write_raster
+from osgeo import gdal
+
+from mapseg.core.io.normalize import band_stats
+from mapseg.core.labels import classes as lab
+from mapseg.core.model.modelfile import load_model
+from mapseg.core.progress import Reporter
+from mapseg.core.train.dataset import TileReader, scan_tiles, spatial_split
+from mapseg.core.train.defaults import device_defaults
+from mapseg.core.train.job import TrainJob, train_model
+from mapseg.core.train.loop import FitConfig
+from mapseg.core.train.schedule import BudgetSchedule
+from mapseg.core.train.windows import RandomWindows
+
+
+def rare_scene(size: int = 192, seed: int = 0):
+    """(image (2, size, size) float32, labels uint8): 3 % of the pixels are small bright
+    squares (class 2) on a textured background (class 1)."""
+    rng = np.random.default_rng(seed)
+    cls = np.ones((size, size), np.uint8)
+    for r, c in rng.integers(4, size - 10, (16, 2)):
+        cls[r : r + 6, c : c + 6] = 2
+    img = np.where(cls == 2, 180.0, 90.0)[None] + rng.normal(0, 25, (2, size, size))
+    return img.astype(np.float32), cls
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    d = tmp_path_factory.mktemp("windows")
+    img, cls = rare_scene()
+    return {
+        "dir": d,
+        "cls": cls,
+        "img_path": write_raster(d / "img.tif", img),
+        "lab_path": write_raster(d / "lab.tif", cls, nodata=0),
+    }
+
+
+def test_windows_are_random_balanced_and_never_touch_validation(scene):
+    images = [gdal.Open(scene["img_path"])]
+    layers = [lab.label_raster(scene["lab_path"], images[0], 255, Reporter())]
+    tiles = scan_tiles(images, layers, 32, Reporter())
+    train_idx, val_idx = spatial_split(tiles, 0.25, seed=0)
+    train, val = [tiles[i] for i in train_idx], [tiles[i] for i in val_idx]
+    reader = TileReader(images, layers, [1, 2], band_stats(images), 32)
+    windows = RandomWindows(reader, train, val, preload=True, steps_per_epoch=50)
+    rng = np.random.default_rng(0)
+    drawn = [windows.draw(rng, 8) for _ in range(50)]
+    flat = [w for batch in drawn for w in batch]
+    for w in flat:
+        assert 0 <= w.x <= 192 - 32 and 0 <= w.y <= 192 - 32
+        assert not any(w.overlaps(v) for v in val), (w, "touches a validation tile")
+    # Random positions, not the grid: most windows start off the 32-px grid.
+    assert np.mean([(w.x % 32, w.y % 32) != (0, 0) for w in flat]) > 0.8
+    # The rare class (3 % of the pixels) is in nearly every batch of 8.
+    rare = scene["cls"] == 2
+    has = [any(rare[w.y : w.y + 32, w.x : w.x + 32].any() for w in batch) for batch in drawn]
+    assert np.mean(has) >= 0.9
+    # A batch served from memory equals the same windows read from the file.
+    x, y = windows._load(drawn[0])
+    lazy = RandomWindows(reader, train, val, preload=False, steps_per_epoch=50)
+    x2, y2 = lazy._load(drawn[0])
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+
+
+def test_time_budget_schedule_ends_low():
+    s = BudgetSchedule(total_steps=10_000)
+    assert s.factor(0) == pytest.approx(1 / 100)  # warm-up over 100 steps
+    assert s.factor(100) == pytest.approx(1.0)
+    # Half the time budget used after 300 of 10 000 steps: halfway down the cosine.
+    assert s.factor(300, time_share=0.5) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert s.factor(400, time_share=1.0) == pytest.approx(0.05)
+    assert s.factor(10_000) == pytest.approx(0.05)  # or the steps run out first
+
+
+def test_device_defaults_are_chosen_and_said():
+    cpu = device_defaults("cpu", "unet", 0, 0, {})
+    assert (cpu.tile_size, cpu.batch_size, cpu.arch_kwargs) == (128, 8, {"base_width": 16})
+    assert "CPU" in cpu.notes[0] and "128 px" in cpu.notes[0] and "override" in cpu.notes[0]
+    gpu = device_defaults("cuda:0", "unet", 0, 0, {})
+    assert (gpu.tile_size, gpu.batch_size, gpu.arch_kwargs) == (256, 16, {"base_width": 32})
+    given = device_defaults("cpu", "unet", 64, 4, {"base_width": 8})
+    assert (given.tile_size, given.batch_size, given.arch_kwargs) == (64, 4, {"base_width": 8})
+    assert given.notes == []
+    assert device_defaults("cpu", "fcn", 0, 0, {}).arch_kwargs == {}
+
+
+def test_rare_class_is_learned_and_the_time_budget_ends_at_a_low_rate(scene):
+    log = []
+    job = TrainJob(
+        images=[scene["img_path"]],
+        label_rasters=[scene["lab_path"]],
+        output=str(scene["dir"] / "rare.pt"),
+        tile_size=32,
+        arch_kwargs={"base_width": 4},
+        fit=FitConfig(epochs=1000, batch_size=8, learning_rate=0.01, max_minutes=0.25),
+    )
+    meta = train_model(job, Reporter(log=log.append))
+    tr = meta["training"]
+    assert tr["stop_reason"] == "time" and tr["loss"] == "dice_ce"
+    assert tr["sampling"] == "random windows, balanced" and tr["steps_per_epoch"] == 20
+    # The schedule followed the time budget: the last epoch ran at a low learning rate.
+    assert meta["history"][-1]["lr"] < 0.15 * 0.01
+    assert any("IoU per class: class 1" in m for m in log)
+    assert all(len(h["val_iou"]) == 2 for h in meta["history"])
+    # The rare class is found, not swallowed by the majority class.
+    rare_iou = meta["metrics"]["per_class"][1]["iou"]
+    assert rare_iou > 0.6, meta["metrics"]["per_class"]
+    assert load_model(job.output)[0]["training"]["stopped_early"]
+
+
+def test_too_small_tile_size_is_refused(scene, tmp_path):
+    from mapseg.core.errors import MapSegError
+
+    job = TrainJob(
+        images=[scene["img_path"]],
+        label_rasters=[scene["lab_path"]],
+        output=str(tmp_path / "x.pt"),
+        tile_size=8,
+    )
+    with pytest.raises(MapSegError, match="TILE_SIZE 8 is too small"):
+        train_model(job, Reporter())
+    assert not (tmp_path / "x.pt").exists()
