@@ -13,14 +13,19 @@ the layer the dialog loads on completion apply it too.
 
 from __future__ import annotations
 
+import contextlib
+
 from qgis.core import (
+    QgsCategorizedSymbolRenderer,
     QgsFeatureRequest,
     QgsMapLayer,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingUtils,
     QgsVectorLayer,
 )
+from qgis.PyQt.QtCore import QVariant
 
+_INTEGER_TYPES = (QVariant.Int, QVariant.LongLong, QVariant.UInt, QVariant.ULongLong)
 # Post-processors must outlive processAlgorithm (QGIS holds no Python reference to them).
 _POST_PROCESSORS: dict = {}
 
@@ -75,4 +80,22 @@ class DefaultStyle(QgsProcessingLayerPostProcessorInterface):
         if isinstance(layer, QgsMapLayer):
             _, ok = layer.loadDefaultStyle()
             if ok:
+                if isinstance(layer, QgsVectorLayer):
+                    _typed_categories(layer)
                 layer.triggerRepaint()
+
+
+def _typed_categories(layer: QgsVectorLayer) -> None:
+    """A style file stores category values as text; give them the field's numeric type, so
+    the renderer holds what the attribute table shows (1, not '1')."""
+    renderer = layer.renderer()
+    if not isinstance(renderer, QgsCategorizedSymbolRenderer):
+        return
+    index = layer.fields().indexOf(renderer.classAttribute())
+    if index < 0 or not layer.fields().at(index).isNumeric():
+        return
+    kind = int if layer.fields().at(index).type() in _INTEGER_TYPES else float
+    for i, category in enumerate(renderer.categories()):
+        # a category such as the empty "all other values" stays as it is
+        with contextlib.suppress(TypeError, ValueError):
+            renderer.updateCategoryValue(i, kind(category.value()))

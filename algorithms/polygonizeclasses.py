@@ -2,52 +2,10 @@
 
 from __future__ import annotations
 
-from qgis.core import (
-    QgsCategorizedSymbolRenderer,
-    QgsFillSymbol,
-    QgsProcessingLayerPostProcessorInterface,
-    QgsRendererCategory,
-    QgsVectorLayer,
-)
-from qgis.PyQt.QtGui import QColor
-
 from ..core.vectorize.polygonize import polygonize_classes
 from . import params as P
 from .base import MapSegAlgorithm
 from .destinations import output_value, vector_destination
-
-# Post-processors must outlive processAlgorithm (QGIS holds no Python reference to them):
-# one per destination, replaced when the same destination is written again.
-_POST_PROCESSORS: dict = {}
-
-
-class ClassStyler(QgsProcessingLayerPostProcessorInterface):
-    """Styles the loaded layer by ``class`` with the raster's colour table and names."""
-
-    def __init__(self, colors: dict, names: dict, classes) -> None:
-        super().__init__()
-        self.colors = dict(colors)
-        self.names = dict(names)
-        self.classes = sorted(classes)
-
-    def renderer(self) -> QgsCategorizedSymbolRenderer:
-        categories = []
-        for value in self.classes:
-            symbol = QgsFillSymbol.createSimple({"outline_style": "no"})
-            rgba = self.colors.get(value)
-            if rgba is not None:
-                symbol.setColor(QColor(*[int(c) for c in rgba]))
-            else:  # a class without a colour-table entry: a stable grey
-                symbol.setColor(QColor.fromHsv(0, 0, 96 + (value * 37) % 128))
-            label = self.names.get(value) or str(value)
-            categories.append(QgsRendererCategory(value, symbol, label))
-        return QgsCategorizedSymbolRenderer("class", categories)
-
-    def postProcessLayer(self, layer, context, feedback):
-        if not isinstance(layer, QgsVectorLayer) or layer.fields().indexOf("class") < 0:
-            return
-        layer.setRenderer(self.renderer())
-        layer.triggerRepaint()
 
 
 class PolygonizeClasses(MapSegAlgorithm):
@@ -101,9 +59,6 @@ class PolygonizeClasses(MapSegAlgorithm):
             f"Wrote {result.features} polygons of {len(result.classes)} classes to "
             f"{result.path} (areas in {result.area_unit})."
         )
-        value = output_value(context, requested, result.uri, "classes")
-        if context.willLoadLayerOnCompletion(value):
-            styler = ClassStyler(result.colors, result.names, result.classes)
-            _POST_PROCESSORS[value] = styler
-            context.layerToLoadOnCompletionDetails(value).setPostProcessor(styler)
-        return {self.OUTPUT: value}
+        # The layer's default style (categorised by class with the raster's colours and
+        # names) is stored with the data; the dialog's loaded layer gets it too.
+        return {self.OUTPUT: output_value(context, requested, result.uri, "classes")}

@@ -175,13 +175,18 @@ def test_new_layer_in_a_geopackage_keeps_its_other_layers(provider, tmp_raster, 
     dest = f"ogr:dbname='{gpkg}' table=\"landcover\" (geom)"
     result = run_alg("polygonizeclasses", {"INPUT": src, "OUTPUT": dest})
     assert result["OUTPUT"] == f"{gpkg}|layername=landcover"
-    assert layer_names(gpkg) == ["landcover", "roads", "wells"]
+    assert layer_names(gpkg) == ["landcover", "layer_styles", "roads", "wells"]
     assert {name: layer_digest(gpkg, name) for name in before} == before
     first = layer_digest(gpkg, "landcover")
     assert first[0] > 4
     run_alg("polygonizeclasses", {"INPUT": src, "OUTPUT": result["OUTPUT"], "DISSOLVE": True})
-    assert layer_names(gpkg) == ["landcover", "roads", "wells"]
+    assert layer_names(gpkg) == ["landcover", "layer_styles", "roads", "wells"]
     assert layer_digest(gpkg, "landcover")[0] == 4  # one multipolygon per class
+    from qgis.core import QgsVectorLayer
+
+    layer = QgsVectorLayer(result["OUTPUT"], "landcover", "ogr")
+    assert layer.renderer().type() == "categorizedSymbol"  # the default style in the file
+    assert len(layer.renderer().categories()) == 4
     assert {name: layer_digest(gpkg, name) for name in before} == before
     assert sorted(os.listdir(tmp_path)) == ["input.tif", "input.tif.aux.xml", "project.gpkg"]
 
@@ -219,3 +224,22 @@ def test_cancel_keeps_the_previous_file(provider, tmp_raster, tmp_path):
         assert out.read_bytes() == data
         left = sorted(p for p in os.listdir(tmp_path) if p != "input.tif.aux.xml")
         assert left == ["c.gpkg", "input.tif"]  # QGIS may add the input's statistics
+
+
+@pytest.mark.parametrize("ext", ["gpkg", "geojson"])
+def test_output_opens_categorised_in_a_fresh_session(provider, tmp_raster, tmp_path, ext):
+    """Opened as a new layer (browser, qgis_process yesterday), not through the dialog: one
+    category per class present, with the raster's names and colours."""
+    from qgis.core import QgsVectorLayer
+
+    arr = class_array()
+    arr[0, :] = 3  # classes 1-4 present
+    src = tmp_raster(arr, color_table=COLORS, category_names=NAMES)
+    result = run_alg("polygonizeclasses", {"INPUT": src, "OUTPUT": str(tmp_path / f"c.{ext}")})
+    layer = QgsVectorLayer(result["OUTPUT"], "c", "ogr")
+    renderer = layer.renderer()
+    assert renderer.type() == "categorizedSymbol" and renderer.classAttribute() == "class"
+    cats = {
+        int(c.value()): (c.label(), c.symbol().color().getRgb()[:3]) for c in renderer.categories()
+    }
+    assert cats == {v: (NAMES[v], COLORS[v]) for v in range(1, 5)}

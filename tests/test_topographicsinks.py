@@ -195,4 +195,45 @@ def test_whitebox_files_go_beside_the_destination(tmp_path):
     assert len(folders) == 1
     assert os.path.dirname(folders[0]) == str(out_dir)
     assert not os.path.exists(folders[0])
-    assert sorted(os.listdir(out_dir)) == ["d.tif"]
+    assert sorted(os.listdir(out_dir)) == ["d.qml", "d.tif"]  # the depth and its style
+
+
+def test_outputs_open_styled_in_a_fresh_session(provider, tmp_raster, tmp_path):
+    """Each output, opened as a new layer: depth and filled DEM on a colour ramp over their
+    real range (depth 0 and nodata transparent), sinks graduated by depth."""
+    from qgis.core import QgsRasterLayer, QgsVectorLayer
+
+    z = synthetic_dem(50, 60, seed=2)
+    z[10:13, 10:13] = NODATA
+    src = tmp_raster(z, nodata=NODATA)
+    result = run_alg(
+        "topographicsinks",
+        {
+            "INPUT": src,
+            "OUTPUT_DEPTH": str(tmp_path / "depth.tif"),
+            "OUTPUT_FILLED": str(tmp_path / "filled.tif"),
+            "OUTPUT_SINKS": str(tmp_path / "sinks.shp"),
+        },
+    )
+    depth = QgsRasterLayer(result["OUTPUT_DEPTH"], "depth")
+    renderer = depth.renderer()
+    assert renderer.type() == "singlebandpseudocolor"
+    assert renderer.classificationMin() == 0.0
+    result_max = float(read_raster(result["OUTPUT_DEPTH"]).max())
+    assert renderer.classificationMax() == pytest.approx(result_max)
+    assert result_max > 0
+    assert renderer.rasterTransparency().alphaValue(0.0) == 0
+    assert depth.dataProvider().sourceNoDataValue(1) == NODATA
+    filled_layer = QgsRasterLayer(result["OUTPUT_FILLED"], "filled")
+    filled = filled_layer.renderer()
+    values = read_raster(result["OUTPUT_FILLED"])
+    valid = values != NODATA
+    assert filled.type() == "singlebandpseudocolor"
+    assert filled.classificationMin() == pytest.approx(values[valid].min(), rel=1e-6)
+    assert filled.classificationMax() == pytest.approx(values[valid].max(), rel=1e-6)
+    sinks = QgsVectorLayer(result["OUTPUT_SINKS"], "sinks", "ogr")
+    graduated = sinks.renderer()
+    assert graduated.type() == "graduatedSymbol" and graduated.classAttribute() == "max_depth"
+    assert len(graduated.ranges()) == 5
+    deepest = max(f["max_depth"] for f in sinks.getFeatures())
+    assert graduated.ranges()[-1].upperValue() == pytest.approx(deepest)

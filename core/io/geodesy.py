@@ -1,7 +1,7 @@
 """Ellipsoidal measures: areas through the authalic latitude, lengths with the radii of curvature.
 
 One place for the geodesy that polygon measures (``core.io.vector.measure``) and DEM cell areas
-(``core.terrain.sinks.pixel_areas``) both need.
+(``pixel_areas``, used by ``core.terrain.sinks``) both need.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from .raster import RasterInfo
 
 
 class Ellipsoid:
@@ -41,3 +43,33 @@ class Ellipsoid:
         m = self.a * (1.0 - self.e2) / w**1.5  # meridian radius of curvature
         n = self.a / np.sqrt(w)  # prime vertical radius
         return float(np.sum(np.hypot(m * np.diff(lat), n * np.cos(mid) * np.diff(lon))))
+
+
+def pixel_areas(info: RasterInfo, row0: int, nrows: int) -> np.ndarray:
+    """Pixel areas of rows ``row0 .. row0+nrows``: shape (nrows, 1), or (nrows, width) when a
+    geographic grid is rotated. m² for a geographic CRS (exact on the ellipsoid for north-up
+    grids), map units² otherwise."""
+    gt = info.geotransform
+    srs = info.srs() if info.georeferenced else None
+    if srs is None or not srs.IsGeographic():
+        return np.full((nrows, 1), info.pixel_area)
+    ell = Ellipsoid(srs.GetSemiMajor(), srs.GetInvFlattening())
+    a, e = ell.a, ell.e
+    to_rad = math.pi / 180.0
+    # Angular unit of the geographic CRS (degrees nearly always; grads or radians are legal)
+    to_rad = srs.GetAngularUnits() or to_rad
+    if gt[2] == 0 and gt[4] == 0:
+        edges = np.clip(
+            (gt[3] + gt[5] * np.arange(row0, row0 + nrows + 1)) * to_rad,
+            -1.5707963267948966,
+            1.5707963267948966,
+        )
+        zone = np.abs(np.diff(ell.sin_authalic(edges)))  # area of a zone is r² Δλ |Δ sin β|
+        return (ell.r2_auth * abs(gt[1] * to_rad) * zone)[:, None]
+    # Rotated: the area element at each pixel centre times the pixel's angular area.
+    rows = np.arange(row0, row0 + nrows)[:, None] + 0.5
+    cols = np.arange(info.width)[None, :] + 0.5
+    phi = np.clip((gt[3] + cols * gt[4] + rows * gt[5]) * to_rad, -math.pi / 2, math.pi / 2)
+    s = np.sin(phi)
+    element = a * a * (1 - e * e) * np.cos(phi) / (1 - e * e * s * s) ** 2
+    return element * info.pixel_area * to_rad * to_rad

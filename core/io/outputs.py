@@ -51,8 +51,6 @@ from .gpkg import replace_layer
 from .raster import OutputRaster
 from .vector import VectorWriter, split_destination
 
-Move = Tuple[str | None, str]  # (new file, or None to remove the destination; destination)
-
 
 def qml_path(dest: str) -> str:
     """Where QGIS looks for a file's default style: ``x.tif`` -> ``x.qml``."""

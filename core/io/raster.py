@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Iterator, List, Sequence, Tuple
 
@@ -17,6 +16,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from ..errors import MapSegError
+from .staged import Move, StagedOutput, partial_path
 
 Window = Tuple[int, int, int, int]  # xoff, yoff, xsize, ysize (pixels)
 
@@ -220,15 +220,7 @@ def _creation_options(gdal_type: int, width: int, height: int) -> List[str]:
     return [o for o in opts if o]
 
 
-def _partial_path(dest: str, suffix: str) -> str:
-    folder, name = os.path.split(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial" + suffix, dir=folder or ".")
-    os.close(fd)
-    os.unlink(tmp)  # GDAL creates the file; mkstemp only reserved a unique name
-    return tmp
-
-
-class OutputRaster:
+class OutputRaster(StagedOutput):
     """A GeoTIFF written beside ``dest`` and moved into place by ``commit()``.
 
     Use as a context manager: leaving the block with an exception (a cancel included) deletes
@@ -251,7 +243,7 @@ class OutputRaster:
         sparse: bool = False,
     ) -> None:
         self.dest = os.path.abspath(dest)
-        self.tmp = _partial_path(self.dest, ".tif")
+        self.tmp = partial_path(self.dest, ".tif")
         driver = gdal.GetDriverByName("GTiff")
         try:
             self.ds = driver.Create(
@@ -281,8 +273,6 @@ class OutputRaster:
         if category_names:
             set_category_names(self.ds.GetRasterBand(1), category_names)
         self.style: str | None = None  # QML published beside the file as its default style
-        self._style_tmp: str | None = None
-        self._done = False
 
     def write(self, array: np.ndarray, xoff: int, yoff: int, band: int = 1) -> None:
         self.ds.GetRasterBand(band).WriteArray(array, xoff, yoff)
@@ -295,41 +285,17 @@ class OutputRaster:
         if self.ds is not None:
             self.ds.FlushCache()
             self.ds = None
-        if self.style and self._style_tmp is None:
-            self._style_tmp = _partial_path(self.dest, ".qml")
-            with open(self._style_tmp, "w", encoding="utf-8") as f:
-                f.write(self.style)
+        self._write_style()
 
-    def moves(self) -> List[Tuple[str | None, str]]:
-        """Renames that put the finished file in place (None: remove a stale sidecar)."""
+    def moves(self) -> List[Move]:
+        """Renames that put the finished file in place (None: remove a stale .aux.xml, which
+        would restyle the new file)."""
         aux = self.tmp + ".aux.xml"
-        # A stale .aux.xml of an earlier file would restyle the new one.
         moves = [
             (self.tmp, self.dest),
             (aux if os.path.exists(aux) else None, self.dest + ".aux.xml"),
         ]
-        if self._style_tmp:
-            moves.append((self._style_tmp, os.path.splitext(self.dest)[0] + ".qml"))
-        return moves
-
-    @staticmethod
-    def layer_copies() -> list:
-        return []
-
-    @property
-    def uri(self) -> str:
-        return self.dest
-
-    def cleanup(self) -> None:
-        self._done = True
-
-    def commit(self) -> str:
-        """Flush, close and atomically move the file (its .aux.xml and style) to ``dest``.
-        Several outputs that must land together go through ``core.io.outputs.OutputSet``."""
-        from .outputs import commit_alone
-
-        commit_alone(self)
-        return self.dest
+        return moves + self._style_moves()
 
     def discard(self) -> None:
         self.ds = None
@@ -338,13 +304,6 @@ class OutputRaster:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
         self._done = True
-
-    def __enter__(self) -> OutputRaster:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if (exc_type is not None or not self._done) and not self._done:
-            self.discard()
 
 
 def set_color_table(band: gdal.Band, colors: dict) -> None:
@@ -403,11 +362,3 @@ def scratch_raster(
     band.SetNoDataValue(float(nodata))
     band.Fill(float(nodata if fill is None else fill))
     return ds
-
-
-def copy_georeferencing(src: gdal.Dataset, dst: gdal.Dataset) -> None:
-    gt = src.GetGeoTransform(can_return_null=True)
-    if gt:
-        dst.SetGeoTransform(gt)
-    if src.GetProjection():
-        dst.SetProjection(src.GetProjection())

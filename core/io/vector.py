@@ -15,7 +15,6 @@ import contextlib
 import os
 import re
 import struct
-import tempfile
 from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
@@ -23,6 +22,7 @@ from osgeo import ogr, osr
 
 from ..errors import MapSegError
 from .geodesy import Ellipsoid
+from .staged import Move, StagedOutput, partial_path
 
 # Extension -> OGR driver. Keep in step with MapSegProvider.supportedOutputVectorLayerExtensions.
 DRIVERS = {
@@ -62,16 +62,6 @@ def split_destination(dest: str) -> Tuple[str, str | None]:
     return dest, None
 
 
-def _partial_name(dest: str, suffix: str) -> str:
-    """A unique hidden name beside ``dest`` that no file holds yet."""
-    folder, name = os.path.split(dest)
-    stem = os.path.splitext(name)[0]
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".partial" + suffix, dir=folder)
-    os.close(fd)
-    os.unlink(tmp)  # OGR creates the file; mkstemp only reserved a unique name
-    return tmp
-
-
 def _files_of(base_path: str, driver: str) -> List[str]:
     stem, ext = os.path.splitext(base_path)
     if driver == "ESRI Shapefile":
@@ -81,7 +71,7 @@ def _files_of(base_path: str, driver: str) -> List[str]:
     return [base_path] + [base_path + e for e in extra]
 
 
-class VectorWriter:
+class VectorWriter(StagedOutput):
     """One new layer written beside ``dest`` and moved into place by ``commit``: a new file
     (replacing ``dest`` whole, as QGIS's own algorithms do), or, when ``layer_name`` names a
     layer of an existing GeoPackage, that layer added or replaced with the other layers kept.
@@ -104,7 +94,7 @@ class VectorWriter:
         self.driver_name = driver_for(self.dest)
         stem = os.path.splitext(os.path.basename(self.dest))[0]
         # A unique name beside the destination: same filesystem, so the final rename is atomic.
-        self.tmp = _partial_name(self.dest, os.path.splitext(self.dest)[1])
+        self.tmp = partial_path(self.dest, os.path.splitext(self.dest)[1])
         self._done = False
         self._in_transaction = False
         self.named_layer = bool(layer_name)
@@ -115,7 +105,6 @@ class VectorWriter:
             into_existing = os.path.exists(self.dest)
         self.into_existing = self.named_layer and self.driver_name == "GPKG" and into_existing
         self.style: str | None = None  # QML: GeoPackage layer_styles row, else a .qml beside
-        self._style_tmp: str | None = None
         self.ds = None
         try:
             driver = ogr.GetDriverByName(self.driver_name)
@@ -182,12 +171,10 @@ class VectorWriter:
         except RuntimeError as err:
             self.discard()
             raise MapSegError(f"Cannot finish writing '{self.dest}': {err}") from None
-        if self.style and self.driver_name != "GPKG":
-            self._style_tmp = _partial_name(self.dest, ".qml")
-            with open(self._style_tmp, "w", encoding="utf-8") as f:
-                f.write(self.style)
+        if self.driver_name != "GPKG":
+            self._write_style()
 
-    def moves(self) -> List[Tuple[str | None, str]]:
+    def moves(self) -> List[Move]:
         """Renames that put a whole new file in place (None: remove a stale sidecar such as
         .qix or .cpg, which would not match the new file)."""
         if self.into_existing:
@@ -197,9 +184,7 @@ class VectorWriter:
         moves = [(src if os.path.exists(src) else None, dst) for src, dst in zip(new, old)]
         moves = [(src, dst) for src, dst in moves if src or dst != self.dest]
         moves.append((None, self.dest + ".aux.xml"))  # GDAL side file of a replaced output
-        if self._style_tmp:
-            moves.append((self._style_tmp, os.path.splitext(self.dest)[0] + ".qml"))
-        return moves
+        return moves + self._style_moves()
 
     def layer_copies(self) -> List[Tuple[str, str, str, str | None]]:
         """(GeoPackage, layer name, scratch GeoPackage, style) for a layer of an existing
@@ -214,14 +199,6 @@ class VectorWriter:
             self._remove_partials()
         self._done = True
 
-    def commit(self) -> str:
-        """Finish and move the file(s) to ``dest`` (or copy the layer into it). Several
-        outputs that must land together go through ``core.io.outputs.OutputSet``."""
-        from .outputs import commit_alone
-
-        commit_alone(self)
-        return self.dest
-
     def _remove_partials(self) -> None:
         for path in _files_of(self.tmp, self.driver_name) + [self._style_tmp]:
             if path:
@@ -235,13 +212,6 @@ class VectorWriter:
         self.ds = None
         self._remove_partials()
         self._done = True
-
-    def __enter__(self) -> VectorWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._done:
-            self.discard()
 
 
 # -- measures --------------------------------------------------------------------------------

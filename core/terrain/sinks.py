@@ -10,7 +10,6 @@ memory (float64).
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ from osgeo import gdal, ogr
 
 from ..errors import MapSegError
 from ..io.gdal_errors import engine_call
-from ..io.geodesy import Ellipsoid
+from ..io.geodesy import pixel_areas
 from ..io.outputs import OutputSet
 from ..io.raster import (
     RasterInfo,
@@ -34,6 +33,7 @@ from ..io.raster import (
     valid_mask,
     windows,
 )
+from ..io.styles import graduated_style, ramp_style
 from ..progress import Reporter
 from .budget import check_budget
 from .fill import EIGHT, drain_interior_holes, whitebox_fill
@@ -51,39 +51,6 @@ class SinkResult:
     max_depth: float
     volume: float  # m³ in a geographic CRS, map units³ otherwise
     area_unit: str
-
-
-# -- pixel areas -------------------------------------------------------------------------------
-
-
-def pixel_areas(info: RasterInfo, row0: int, nrows: int) -> np.ndarray:
-    """Pixel areas of rows ``row0 .. row0+nrows``: shape (nrows, 1), or (nrows, width) when a
-    geographic grid is rotated. m² for a geographic CRS (exact on the ellipsoid for north-up
-    grids), map units² otherwise."""
-    gt = info.geotransform
-    srs = info.srs() if info.georeferenced else None
-    if srs is None or not srs.IsGeographic():
-        return np.full((nrows, 1), info.pixel_area)
-    ell = Ellipsoid(srs.GetSemiMajor(), srs.GetInvFlattening())
-    a, e = ell.a, ell.e
-    to_rad = math.pi / 180.0
-    # Angular unit of the geographic CRS (degrees nearly always; grads or radians are legal)
-    to_rad = srs.GetAngularUnits() or to_rad
-    if gt[2] == 0 and gt[4] == 0:
-        edges = np.clip(
-            (gt[3] + gt[5] * np.arange(row0, row0 + nrows + 1)) * to_rad,
-            -1.5707963267948966,
-            1.5707963267948966,
-        )
-        zone = np.abs(np.diff(ell.sin_authalic(edges)))  # area of a zone is r² Δλ |Δ sin β|
-        return (ell.r2_auth * abs(gt[1] * to_rad) * zone)[:, None]
-    # Rotated: the area element at each pixel centre times the pixel's angular area.
-    rows = np.arange(row0, row0 + nrows)[:, None] + 0.5
-    cols = np.arange(info.width)[None, :] + 0.5
-    phi = np.clip((gt[3] + cols * gt[4] + rows * gt[5]) * to_rad, -math.pi / 2, math.pi / 2)
-    s = np.sin(phi)
-    element = a * a * (1 - e * e) * np.cos(phi) / (1 - e * e * s * s) ** 2
-    return element * info.pixel_area * to_rad * to_rad
 
 
 # -- the algorithm -----------------------------------------------------------------------------
@@ -235,9 +202,12 @@ def _write_filled(outputs: OutputSet, dest, dem: Dem, depth, reporter: Reporter)
     ftype = gdal.GDT_Float64 if info.dtypes[dem.band - 1] == "Float64" else gdal.GDT_Float32
     fill_nodata = _output_nodata(dem.nodata, ftype, not valid.all())
     surface = dem.inner + depth
+    lo, hi = float(surface[valid].min()), float(surface[valid].max())
     if fill_nodata is not None:
         surface[~valid] = fill_nodata
-    return _write(outputs, dest, surface, info, ftype, fill_nodata, reporter)
+    out = _write(outputs, dest, surface, info, ftype, fill_nodata, reporter)
+    outputs.style(out, ramp_style(lo, hi, "terrain"))
+    return out
 
 
 def _summary(dem: Dem, result, mask, paths, sinks: int) -> SinkResult:
@@ -375,6 +345,9 @@ def _write_outputs(outputs: OutputSet, dem: Dem, arrays, reporter: Reporter, min
     depth_out = _write(
         outputs, depth_dest, result, info, gdal.GDT_Float32, out_nodata, reporter.sub(0.65, 0.8)
     )
+    deepest = float(result[mask].max()) if mask.any() else 0.0
+    # Cells outside sinks (depth 0) are transparent: the sinks show over any basemap.
+    outputs.style(depth_out, ramp_style(0.0, deepest, "blues", transparent_zero=True))
     filled_out = sinks_out = None
     if filled_dest:
         filled_out = _write_filled(outputs, filled_dest, dem, depth, reporter.sub(0.8, 0.85))
@@ -383,6 +356,8 @@ def _write_outputs(outputs: OutputSet, dem: Dem, arrays, reporter: Reporter, min
         sinks_out, rows = _sink_polygons(
             outputs, sinks_dest, result, mask, info, min_area, reporter.sub(0.85, 1.0)
         )
+        top = max((row["max_depth"] for row in rows), default=deepest)
+        outputs.style(sinks_out, graduated_style("max_depth", 0.0, top, "blues"))
     return depth_out, filled_out, sinks_out, len(rows)
 
 

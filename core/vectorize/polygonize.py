@@ -32,6 +32,7 @@ from ..io.raster import (
     valid_mask,
     windows,
 )
+from ..io.styles import categorized_style
 from ..io.vector import VectorWriter, measure, split_destination
 from ..progress import Reporter
 
@@ -264,6 +265,11 @@ def _write_output(outputs: OutputSet, polygons_path, dest, classes: ClassBand, o
     writer = outputs.vector(dest, classes.info.projection, geom_type, FIELDS)
     write = _write_dissolved if dissolve else _write_polygons
     stats = write(vds, polygons, writer, classes.srs, simplify, classes.names, count, reporter)
+    present = [
+        {"value": v, "name": classes.names.get(v), "color": classes.colors.get(v)}
+        for v in sorted(stats)
+    ]
+    outputs.style(writer, categorized_style("class", present))
     return stats, writer
 
 
