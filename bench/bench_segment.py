@@ -109,7 +109,10 @@ def main() -> None:
         model = build_model(meta, state).eval()
         data = batches(path, meta)
         n_tiles = sum(len(x) for x in data)
-        opts = Options(tile_size=TILE, overlap=OVERLAP, batch_size=BATCH, device="cpu")
+        # runtime="torch": this bench is about the PyTorch path (bench_onnx.py: ONNX Runtime)
+        opts = Options(
+            tile_size=TILE, overlap=OVERLAP, batch_size=BATCH, device="cpu", runtime="torch"
+        )
         raw_forward(model, data[:2])  # warm-up
         raw, seg, raw_cpu, seg_cpu = [], [], [], []
         for r in range(args.repeats):

@@ -264,3 +264,18 @@ def test_unusable_onnx_files_are_refused(provider, scene, tmp_path, case):
     with pytest.raises(QgsProcessingException, match=message):
         run_alg("segmentraster", {"INPUT": scene["src"], "MODEL": str(model), "OUTPUT": str(dest)})
     assert not dest.exists()
+
+
+def test_cuda_without_onnxruntime_cuda_provider_is_a_clear_error(
+    provider, scene, deepness, tmp_path
+):
+    import onnxruntime as ort
+    from qgis.core import QgsProcessingException
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    dest = tmp_path / "out.tif"
+    with pytest.raises(QgsProcessingException, match="onnxruntime-gpu"):
+        run_alg("segmentraster", {"INPUT": scene["src"], "MODEL": deepness, "DEVICE": "cuda",
+                                  "OUTPUT": str(dest)})  # fmt: skip
+    assert not dest.exists()

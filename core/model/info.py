@@ -1,6 +1,9 @@
 """Inspect a MapSeg model file outside QGIS.
 
-Usage: ``.venv/bin/python -m mapseg.core.model.info MODEL.pt [--json]``
+Usage: ``.venv/bin/python -m mapseg.core.model.info MODEL.pt|MODEL.onnx [--json]``
+
+ONNX models (MapSeg exports, Deepness models) are read with onnxruntime: their metadata as
+MapSeg reads it (no parameter count: the weights stay inside the ONNX graph).
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ from .modelfile import load_model
 
 
 def summary(meta: dict, state_dict: dict) -> str:
-    n_params = sum(int(t.numel()) for t in state_dict.values())
+    n_params = sum(int(t.numel()) for t in state_dict.values()) if state_dict else "(in the graph)"
     lines = [
         f"architecture : {meta['architecture']} {json.dumps(meta['arch_kwargs'])}",
         f"mode         : {meta['mode']}",
         f"input bands  : {meta['in_bands']} {meta.get('band_names') or ''}".rstrip(),
         f"tile size    : {meta['tile_size']}",
         f"pixel size   : {meta.get('pixel_size')}",
-        f"parameters   : {n_params:,}",
+        f"parameters   : {n_params:,}" if state_dict else f"parameters   : {n_params}",
         f"created      : {meta.get('created', '?')}",
     ]
     for i, s in enumerate(meta["band_stats"], start=1):
@@ -44,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the metadata as JSON")
     args = parser.parse_args(argv)
     try:
-        meta, state = load_model(args.model)
+        if args.model.lower().endswith(".onnx"):
+            from .onnxnet import OnnxModel
+
+            meta, state = OnnxModel(args.model, "cpu").meta, {}
+        else:
+            meta, state = load_model(args.model)
     except MapSegError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
