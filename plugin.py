@@ -95,7 +95,7 @@ class MapSegPlugin:
 
         if self.dialog is None:
             self.dialog = InstallDialog(self.iface.mainWindow() if self.iface else None)
-            self.dialog.installed.connect(self._installed)
+            self.dialog.install_finished.connect(self._installed)
         self.dialog.setModal(True)
         self.dialog.show()
         self.dialog.raise_()

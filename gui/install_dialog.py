@@ -52,7 +52,7 @@ def required_modules() -> tuple:
 class InstallDialog(QDialog):
     """The installer. ``packages``/``pip_args``/``modules`` exist for tests (a small set)."""
 
-    installed = pyqtSignal(bool)  # True: ready now; False: restart QGIS first
+    install_finished = pyqtSignal(bool)  # True: ready now; False: restart QGIS first
 
     def __init__(self, parent=None, target=None, packages=None, pip_args=None, modules=None):
         super().__init__(parent)
@@ -265,6 +265,7 @@ class InstallDialog(QDialog):
         if self.partial is not None and self.partial.exists() and (code != 0):
             discard(self.partial)  # the installer was killed before it could clean up
         self._set_state("idle")
+        self._show_installed()
         if state == "resolving" and code != 0:
             self.size_label.setText(self.tr("unknown (see the log)"))
         if state in ("installing", "canceling") and code == 0 and installed(self.target):
@@ -272,11 +273,11 @@ class InstallDialog(QDialog):
         elif state == "canceling" or code == 130:
             self.progress.setValue(0)
             self.log.appendPlainText(self.tr("Canceled: nothing was installed."))
-        self._show_installed()
 
     def _installed(self) -> None:
         self.progress.setValue(100)
-        stale = [m for m in self.modules if m in sys.modules]  # loaded before: cannot reload
+        # A module loaded before from elsewhere, now also in the folder, cannot be reloaded.
+        stale = [m for m in self.modules if m in sys.modules and self._provides(m)]
         activate(self.target)
         missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
         ready = not missing and not stale
@@ -292,7 +293,10 @@ class InstallDialog(QDialog):
             )
         self.log.appendPlainText(message)
         self.status_label.setText(message)
-        self.installed.emit(ready)
+        self.install_finished.emit(ready)
+
+    def _provides(self, module: str) -> bool:
+        return (self.target / module).is_dir() or (self.target / f"{module}.py").is_file()
 
     def remove_installed(self) -> None:
         deactivate(self.target)

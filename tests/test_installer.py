@@ -467,7 +467,7 @@ def test_dialog_installs_enables_the_algorithm_without_restart_and_removes(qgis_
         pip_args=["--no-index", f"--find-links={wheels}"],
     )
     ready = []
-    dialog.installed.connect(ready.append)
+    dialog.install_finished.connect(ready.append)
     dialog.show()
     try:
         wait_until(lambda: dialog.state == "idle" and dialog.plan is not None)
@@ -566,3 +566,39 @@ def test_the_algorithm_message_link_and_the_menu_open_the_installer(qgis_app, qg
         assert plugin.dialog.isVisible()
     finally:
         plugin.unload()
+
+
+def test_dialog_says_restart_when_an_older_copy_is_already_loaded(qgis_app, tmp_path):
+    from mapseg.gui.install_dialog import InstallDialog
+    from mapseg.install.folder import deactivate
+
+    wheels, elsewhere = tmp_path / "wheels", tmp_path / "elsewhere"
+    wheels.mkdir()
+    elsewhere.mkdir()
+    make_wheel(wheels)
+    (elsewhere / "mapseg_probe.py").write_text("VALUE = 1\n")  # an old copy, loaded first
+    sys.path.insert(0, str(elsewhere))
+    import mapseg_probe
+
+    assert mapseg_probe.VALUE == 1
+    folder = folder_for(tmp_path / "root")
+    dialog = InstallDialog(
+        target=folder,
+        packages=["mapseg_probe"],
+        modules=("mapseg_probe",),
+        pip_args=["--no-index", f"--find-links={wheels}"],
+    )
+    ready = []
+    dialog.install_finished.connect(ready.append)
+    try:
+        wait_until(lambda: dialog.state == "idle" and dialog.plan is not None)
+        dialog.install_button.click()
+        wait_until(lambda: dialog.state == "idle")
+        assert ready == [False]
+        assert "Restart QGIS to use the new mapseg_probe" in dialog.status_label.text()
+        assert installed(folder)["packages"] == ["mapseg_probe==1.0"]
+    finally:
+        dialog.close()
+        deactivate(folder)
+        sys.path.remove(str(elsewhere))
+        sys.modules.pop("mapseg_probe", None)
