@@ -41,7 +41,9 @@ SETTINGS = {
     "BATCH_SIZE": Spec("Default inference tiles per batch (0: automatic)", 0, "int"),
     "TEMP_FOLDER": Spec("Folder for temporary files (empty: the system's)", "", "folder"),
     "DEPENDENCY_FOLDER": Spec(
-        "Dependency folder (empty: <profile>/python/mapseg-packages)", "", "folder"
+        "Dependency folder (empty: <profile>/python/mapseg-packages; used from the next start)",
+        "",
+        "folder",
     ),
 }
 

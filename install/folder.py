@@ -172,7 +172,11 @@ def activate(target: Path) -> bool:
     entry = str(target)
     if entry not in sys.path:
         sys.path.insert(0, entry)
-        site.addsitedir(entry)  # runs .pth files; the entry is already known, so stays first
+        for pth in sorted(target.glob("*.pth")):
+            # Namespace-package .pth files are needed; setuptools' distutils shim would change
+            # distutils for every plugin in QGIS's process, so it is left out.
+            if pth.name != "distutils-precedence.pth":
+                site.addpackage(entry, pth.name, {entry})
     importlib.invalidate_caches()
     return True
 

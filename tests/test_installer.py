@@ -396,6 +396,27 @@ def test_cleanup_keeps_the_partial_folder_of_a_running_installer(tmp_path):
     assert mine.is_dir() and not stale.exists() and not old.exists()
 
 
+def test_activate_puts_the_folder_first_with_its_pth_files_but_not_the_distutils_shim(tmp_path):
+    from mapseg.install import activate
+    from mapseg.install.folder import deactivate, write_manifest
+
+    folder = folder_for(tmp_path)
+    assert not activate(folder)  # nothing installed: nothing added
+    (folder / "extra").mkdir(parents=True)
+    (folder / "ns.pth").write_text("extra\n")
+    (folder / "distutils-precedence.pth").write_text("import sys; sys.mapseg_shim = True\n")
+    write_manifest(folder, {"packages": []})
+    try:
+        assert activate(folder)
+        assert sys.path[0] == str(folder) and str(folder / "extra") in sys.path
+        assert not hasattr(sys, "mapseg_shim")
+    finally:
+        deactivate(folder)
+        if str(folder / "extra") in sys.path:
+            sys.path.remove(str(folder / "extra"))
+    assert str(folder) not in sys.path
+
+
 def test_install_module_never_imports_qgis():
     for path in (ROOT / "install").glob("*.py"):
         text = path.read_text()
