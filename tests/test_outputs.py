@@ -214,3 +214,17 @@ def test_split_destination_forms():
         "/a/b.gpkg",
         "lyr",
     )
+
+
+def test_writers_opened_elsewhere_join_a_set(tmp_path):
+    from mapseg.core.io.raster import OutputRaster
+
+    first = OutputRaster(str(tmp_path / "a.tif"), 2, 2, gdal.GDT_Byte)
+    second = VectorWriter(str(tmp_path / "b.shp"), None, ogr.wkbPolygon, FIELDS)
+    with pytest.raises(CanceledError), OutputSet() as outputs:
+        assert outputs.add(first) is first and outputs.add(None) is None
+        outputs.add(second)
+        with pytest.raises(MapSegError, match="Two outputs"):
+            outputs.add(first)
+        raise CanceledError()
+    assert os.listdir(tmp_path) == []

@@ -211,6 +211,14 @@ class OutputSet:
         """Publish ``qml`` (QGIS style XML) as ``output``'s default style."""
         output.style = qml
 
+    def add(self, output):
+        """Make a writer opened elsewhere (an ``OutputRaster`` or ``VectorWriter`` created by
+        an engine's own loop) part of the set; returns it. Adding None does nothing."""
+        if output is not None:
+            self._check_new(output.dest, getattr(output, "layer_name", None))
+            self.items.append(output)
+        return output
+
     def _check_new(self, path: str, layer: str | None) -> None:
         for item in self.items:
             same_layer = layer is None or getattr(item, "layer_name", None) == layer
