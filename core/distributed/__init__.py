@@ -1,0 +1,1 @@
+"""Past one machine: Segment Raster's blocks on a Dask cluster, Train Model under DDP."""
