@@ -237,3 +237,33 @@ def test_outputs_open_styled_in_a_fresh_session(provider, tmp_raster, tmp_path):
     assert len(graduated.ranges()) == 5
     deepest = max(f["max_depth"] for f in sinks.getFeatures())
     assert graduated.ranges()[-1].upperValue() == pytest.approx(deepest)
+
+
+def test_dialog_loads_the_outputs_styled(provider, tmp_raster, tmp_path):
+    """Processing loads result rasters without their .qml; the post-processor applies it."""
+    import processing
+    from qgis.core import (
+        QgsProcessingContext,
+        QgsProcessingFeedback,
+        QgsProcessingOutputLayerDefinition,
+        QgsProject,
+        QgsRasterLayer,
+    )
+
+    src = tmp_raster(synthetic_dem(30, 30, seed=4))
+    project = QgsProject()
+    context = QgsProcessingContext()
+    context.setProject(project)
+    out = str(tmp_path / "depth.tif")
+    params = {"INPUT": src, "OUTPUT_DEPTH": QgsProcessingOutputLayerDefinition(out, project)}
+    feedback = QgsProcessingFeedback()
+    processing.run("mapseg:topographicsinks", params, feedback=feedback, context=context)
+    post = context.layerToLoadOnCompletionDetails(out).postProcessor()
+    assert post is not None
+    options = QgsRasterLayer.LayerOptions()
+    options.loadDefaultStyle = False
+    layer = QgsRasterLayer(out, "depth", "gdal", options)
+    assert layer.renderer().type() != "singlebandpseudocolor"
+    post.postProcessLayer(layer, context, feedback)
+    assert layer.renderer().type() == "singlebandpseudocolor"
+    assert layer.renderer().classificationMax() == pytest.approx(float(read_raster(out).max()))
