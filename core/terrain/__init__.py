@@ -1,3 +1,3 @@
 """Terrain: topographic sinks from a DEM (depression filling, depth, sink polygons with area and
-volume).
+volume), within a memory budget checked before any work (``budget``).
 """
