@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from mapseg.install.pip import REQUIREMENTS, InstallError, Request, check_build,
 from mapseg.install.run import Events, resolve
 
 QGIS_PYTHON = Path(f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}")
+QGIS_PROCESS_BIN = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
 PKG_PATH = str(ROOT / "build" / "pkg")  # `import mapseg` for QGIS's interpreter
 
 
@@ -275,7 +277,7 @@ def run_probe(config: Path) -> dict:
         XDG_RUNTIME_DIR=f"/tmp/runtime-{os.getuid()}",
     )
     out = subprocess.run(
-        ["qgis_process.bin", "run", "probeplugin:probe", "--json"],
+        [QGIS_PROCESS_BIN, "run", "probeplugin:probe", "--json"],
         env=env,
         capture_output=True,
         text=True,

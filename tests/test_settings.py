@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from conftest import ROOT, SCREENSHOTS, run_alg, write_raster
 from mapseg import settings
 from mapseg.install.folder import version_dirname
 
+QGIS_PROCESS_BIN = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
 KEYS = ("DEVICE", "TILE_SIZE", "BATCH_SIZE", "TEMP_FOLDER", "DEPENDENCY_FOLDER")
 
 
@@ -172,7 +174,7 @@ def test_default_device_stored_in_the_profile_reaches_qgis_process(tmp_path, sce
     env.pop(settings.PACKAGES_ENV, None)
     dest = tmp_path / "out.tif"
     args = [
-        "qgis_process.bin",
+        QGIS_PROCESS_BIN,
         "run",
         "mapseg:segmentraster",
         "--json",
