@@ -24,6 +24,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from ..core.errors import MapSegError
 from ..core.io.gdal_errors import gdal_exceptions
 from ..core.progress import Reporter
+from .destinations import load_default_styles
 
 HELP_DIR = Path(__file__).resolve().parent / "help"
 
@@ -165,7 +166,8 @@ class MapSegAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(message)
         try:
             with gdal_exceptions():  # for MapSeg's calls only, never process-wide
-                return self.process(parameters, context, feedback)
+                # outputs loaded by the dialog apply the style stored with the file
+                return load_default_styles(context, self.process(parameters, context, feedback))
         except MapSegError as err:
             raise QgsProcessingException(str(err)) from None
 

@@ -63,6 +63,20 @@ def output_value(context, requested: str | None, written: str | None, label: str
     return written
 
 
+def load_default_styles(context, results: dict) -> dict:
+    """Every output the dialog loads on completion applies its file's default style (rasters
+    too: Processing loads layers without it); ``output_value`` did it for some already."""
+    for value in (results or {}).values():
+        if not isinstance(value, str) or not context.willLoadLayerOnCompletion(value):
+            continue
+        details = context.layerToLoadOnCompletionDetails(value)
+        if details.postProcessor() is None:
+            styler = DefaultStyle()
+            _POST_PROCESSORS[value] = styler
+            details.setPostProcessor(styler)
+    return results
+
+
 def _memory_copy(context, uri: str, name: str) -> str:
     layer = QgsVectorLayer(uri, name, "ogr")
     memory = layer.materialize(QgsFeatureRequest())

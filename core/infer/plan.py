@@ -19,6 +19,7 @@ from osgeo import gdal
 from ..io.normalize import band_stats
 from ..io.raster import OutputRaster, smallest_int_type
 from ..io.resolution import coarsen, mask_nodata, select_bands, warp_back, warp_to_model
+from ..io.styled_outputs import publish_classes
 from ..io.tiling import TileGrid, Window, extent_window, window_geotransform
 from ..model.modelfile import class_colors, class_names, class_values
 from ..progress import Reporter
@@ -214,9 +215,8 @@ def segment_window(
             )  # fmt: skip
             if sieving:
                 sieve(out, plan.smoothing, rep.sub(0.9, 1.0))
-            if prob_out is not None:
-                prob_out.commit()
-            out.commit()
+            # styled (legend of exactly the classes, confidence ramp) and published together
+            publish_classes(out, plan.values, plan.color_table, plan.category_names, prob_out)
         finally:
             if prob_out is not None:
                 prob_out.__exit__(None, None, None)
@@ -260,8 +260,7 @@ def segment_resampled(
             mask_nodata(ds, window, out, nodata, rep)
         if plan.smoothing:
             sieve(outs[0], plan.smoothing, rep.sub(0.85, 1.0))
-        for out in outs:
-            out.commit()
+        publish_classes(outs[0], plan.values, plan.color_table, plan.category_names, *outs[1:])
     finally:
         for out in outs:
             out.__exit__(None, None, None)

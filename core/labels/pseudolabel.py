@@ -27,6 +27,7 @@ from ..errors import MapSegError
 from ..io.gdal_errors import engine_call
 from ..io.normalize import band_stats
 from ..io.raster import OutputRaster, open_raster, raster_info, smallest_int_type
+from ..io.styled_outputs import publish_classes
 from ..io.windows import BandWindows
 from ..progress import Reporter
 from .pointwindows import HALO, MAX_CORE_CELLS, REACH, Box, plan_windows  # noqa: F401
@@ -254,9 +255,11 @@ def write_labels(info, dests, gdal_type, styling: dict, labeller, plans, reporte
                     f"{result['points_outside']} outside the raster, "
                     f"{result['points_on_nodata']} on nodata pixels. Place points on valid data."
                 )
-            out.commit()
-            if sp_out is not None:
-                sp_out.commit()
+            # the legend lists the classes, not "unlabelled" (nodata, transparent)
+            values = sorted(set(result["pixels_per_class"]) | set(styling["category_names"] or {}))
+            values = [v for v in values if v != result["nodata"]]
+            names, table = styling["category_names"], styling["color_table"]
+            publish_classes(out, values, table, names, extra=[sp_out])
         finally:
             if sp_out is not None and not sp_out._done:
                 sp_out.discard()

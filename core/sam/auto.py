@@ -20,6 +20,7 @@ from ..io.raster import check_destination, open_raster
 from ..io.vector import VectorWriter
 from ..progress import Reporter
 from .image import ImageSource, make_grid, mask_to_geometry, sam_bands
+from .mask_styles import publish_masks
 from .windows import Merger, Part, part_from_window, tile
 
 FIELDS = [
@@ -164,7 +165,7 @@ def automatic_masks(
     with VectorWriter(output, grid.info.projection, ogr.wkbMultiPolygon, FIELDS, layer_name) as out:
         write = _MaskWriter(out, grid, min_area)
         found = _run_windows(rows, generator, source, merger, write, progress, reporter)
-        out.commit()
+        publish_masks(out, None)  # outlines: the image stays visible under the masks
     stats = {"windows": sum(len(r) for r in rows), "masks": write.masks, "found": found}
     stats.update(small=write.small, merged=merger.merged, duplicates=merger.duplicates)
     reporter.info(

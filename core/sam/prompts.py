@@ -23,6 +23,7 @@ from ..io.raster import OutputRaster, check_destination, open_raster, smallest_i
 from ..io.vector import VectorWriter
 from ..progress import Reporter
 from .image import Grid, ImageSource, Rect, make_grid, mask_to_geometry, sam_bands
+from .mask_styles import publish_masks
 
 Extent = Tuple[float, float, float, float]  # x0, y0, x1, y1 in processing pixels
 
@@ -186,9 +187,10 @@ class _MaskBurner:
         feature.SetGeometry(geom)
         self.layer.CreateFeature(feature)
 
-    def write(self, dest: str, info, max_id: int) -> None:
-        """Each pixel of ``dest`` holds the prompt id of the mask covering it (0: none)."""
-        with OutputRaster(
+    def write(self, dest: str, info, max_id: int) -> OutputRaster:
+        """Each pixel of ``dest`` holds the prompt id of the mask covering it (0: none); the
+        raster is returned written, not yet published (``core.sam.mask_styles``)."""
+        raster = OutputRaster(
             dest,
             info.width,
             info.height,
@@ -197,10 +199,14 @@ class _MaskBurner:
             projection=info.projection,
             nodata=0,
             descriptions=["prompt_id"],
-        ) as raster:
+        )
+        try:
             raster.band(1).Fill(0)
             gdal.RasterizeLayer(raster.ds, [1], self.layer, options=["ATTRIBUTE=prompt_id"])
-            raster.commit()
+        except BaseException:
+            raster.discard()
+            raise
+        return raster
 
 
 class _Features:
@@ -210,6 +216,7 @@ class _Features:
         self.out, self.burner, self.reporter = out, burner, reporter
         self.with_group, self.with_class = with_group, class_type is not None
         self.written = 0
+        self.prompts: List[Prompt] = []  # those with a mask written
 
     def __call__(self, prompt: Prompt, geom, iou: float, stability: float) -> None:
         if geom is None:
@@ -223,6 +230,7 @@ class _Features:
             values["class"] = prompt.value
         self.out.add(geom, values)
         self.written += 1
+        self.prompts.append(prompt)
         if self.burner is not None:
             self.burner.add(prompt.id, geom)
 
@@ -284,9 +292,11 @@ def segment_with_prompts(
         for k, window in enumerate(windows):
             step = reporter.sub(k / len(windows), (k + 1) / len(windows))
             _segment_window(predictor, source, window, local, emit, step)
+        mask = None
         if burner is not None:
-            burner.write(output_raster, grid.info, max((p.id for p in local), default=1))
-        out.commit()
+            mask = burner.write(output_raster, grid.info, max((p.id for p in local), default=1))
+        labels = {p.id: p.value if class_type is not None else None for p in emit.prompts}
+        publish_masks(out, "class" if class_type is not None else None, mask, labels)
     predictor.reset_image()
     return {
         "prompts": len(local),
