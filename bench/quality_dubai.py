@@ -146,7 +146,9 @@ def run_row(results, name, meta, seconds, s, key="miou") -> None:
 
 def part_multiclass(tiles, test, tmp, args, results, values) -> None:
     train_tiles = tiles[:6]
-    preds, sec = qc.random_forest([t[2:] for t in train_tiles], [t[2] for t in test], args.threads)
+    preds, sec = qc.random_forest(
+        [t[2:] for t in train_tiles], [t[2] for t in test], args.threads, args.rf_samples
+    )
     s = qc.scores(preds, [t[3] for t in test], [t[4] for t in test], values)
     results.append({"method": "random forest", "miou": s["miou"], "accuracy": s["accuracy"],
                     "kappa": s["kappa"], "iou": [c["iou"] for c in s["per_class"]],
@@ -171,7 +173,7 @@ def part_curve(tiles, test, tmp, args, results, values) -> None:
 def part_building(tiles, test, tmp, args, results, values) -> None:
     train_tiles = tiles[:6]
     binary = [(t[2], (t[3] == 1).astype(np.int64), t[4]) for t in train_tiles]
-    preds, sec = qc.random_forest(binary, [t[2] for t in test], args.threads)
+    preds, sec = qc.random_forest(binary, [t[2] for t in test], args.threads, args.rf_samples)
     refs = [(t[3] == 1).astype(np.int64) for t in test]
     s = qc.scores(preds, refs, [t[4] for t in test], [0, 1])
     results.append({"method": "random forest (building)", "building_iou": s["per_class"][1]["iou"],
@@ -244,6 +246,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rf-samples", type=int, default=150_000, help="random forest pixels")
     p.add_argument("--json", default="", help="append the results to this JSON file")
     p.add_argument("--png", default=str(HERE / "dubai_learning_curve.png"))
     args = p.parse_args()
