@@ -23,8 +23,10 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from ..core.errors import MapSegError
 from ..core.io.gdal_errors import gdal_exceptions
+from ..core.io.scratch import scratch_folder
 from ..core.progress import Reporter
 from .destinations import load_default_styles
+from .params import setting_value
 
 HELP_DIR = Path(__file__).resolve().parent / "help"
 
@@ -165,7 +167,8 @@ class MapSegAlgorithm(QgsProcessingAlgorithm):
         if not ok:
             raise QgsProcessingException(message)
         try:
-            with gdal_exceptions():  # for MapSeg's calls only, never process-wide
+            # GDAL exceptions for MapSeg's calls only, never process-wide
+            with gdal_exceptions(), scratch_folder(setting_value("TEMP_FOLDER", "")):
                 # outputs loaded by the dialog apply the style stored with the file
                 return load_default_styles(context, self.process(parameters, context, feedback))
         except MapSegError as err:

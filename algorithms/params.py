@@ -74,10 +74,11 @@ def choice(name, label, options: Sequence[str], default: str | None = None):
 
 def device(name: str = "DEVICE", default: str | None = None):
     """auto, cpu or cuda; the default comes from MapSeg's Processing settings."""
-    return choice(name, "Device", DEVICES, default or _setting("DEVICE", "auto"))
+    return choice(name, "Device", DEVICES, default or setting_value("DEVICE", "auto"))
 
 
-def _setting(key: str, fallback):
+def setting_value(key: str, fallback):
+    """A MapSeg Processing setting, or ``fallback`` when it is unset."""
     try:
         from .. import settings
     except ImportError:  # the settings page is optional (e.g. a trimmed install)

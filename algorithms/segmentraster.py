@@ -55,11 +55,21 @@ class SegmentRaster(MapSegAlgorithm):
             ),
             P.extent(self.EXTENT, "Extent (empty: the whole raster)"),
             P.device(self.DEVICE),
-            P.advanced(P.integer(self.TILE_SIZE, "Tile size in pixels (0: the model's)", **ZERO)),
+            P.advanced(
+                P.integer(
+                    self.TILE_SIZE,
+                    "Tile size in pixels (0: the model's)",
+                    **self._default("TILE_SIZE"),
+                )
+            ),
             P.advanced(
                 P.integer(self.OVERLAP, "Tile overlap in pixels (0: an eighth of the tile)", **ZERO)
             ),
-            P.advanced(P.integer(self.BATCH_SIZE, "Tiles per batch (0: automatic)", **ZERO)),
+            P.advanced(
+                P.integer(
+                    self.BATCH_SIZE, "Tiles per batch (0: automatic)", **self._default("BATCH_SIZE")
+                )
+            ),
             P.advanced(
                 P.flag(self.RESAMPLE_TO_MODEL, "Process at the model's pixel size (resample)")
             ),
@@ -92,6 +102,11 @@ class SegmentRaster(MapSegAlgorithm):
             "or PyTorch (torch, torchvision), which QGIS's Python cannot import. "
             + INSTALL_HINT.format(pkgs="onnxruntime")
         )
+
+    @staticmethod
+    def _default(key: str) -> dict:
+        """0 (automatic) unless MapSeg's Processing settings give a default."""
+        return {**ZERO, "default": P.setting_value(key, 0)}
 
     def process(self, parameters, context, feedback):
         from ..core.infer.inputs import parse_bands

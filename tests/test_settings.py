@@ -200,3 +200,41 @@ def test_default_device_stored_in_the_profile_reaches_qgis_process(tmp_path, sce
     )
     assert out.returncode == 0, out.stderr + out.stdout
     assert dest.exists()
+
+
+def test_default_tile_and_batch_settings_reach_segment_raster(provider, scene, tmp_path):
+    params = {"INPUT": scene, "NUM_SEGMENTS": 2, "OUTPUT": str(tmp_path / "a.tif")}
+    with changed("TILE_SIZE", 48), changed("BATCH_SIZE", 3):
+        log = Log()
+        run_alg("segmentraster", params, log)
+        assert any("(tile 48," in line and "batch 3)" in line for line in log.lines), log.lines
+        log = Log()  # explicit parameters win
+        run_alg("segmentraster", dict(params, TILE_SIZE=32, OUTPUT=str(tmp_path / "b.tif")), log)
+        assert any("(tile 32," in line for line in log.lines), log.lines
+
+
+def test_temp_folder_setting_holds_the_scratch_files(provider, scene, tmp_path):
+    import tempfile
+
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    seen = set()
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda _: seen.update(os.listdir(scratch)))
+    before = tempfile.gettempdir()
+    params = {"INPUT": scene, "NUM_SEGMENTS": 2, "RESOLUTION": "medium"}
+    with changed("TEMP_FOLDER", str(scratch)):
+        run_alg("segmentraster", dict(params, OUTPUT=str(tmp_path / "a.tif")), feedback)
+    assert any(name.startswith("mapseg") for name in seen), seen  # made there during the run
+    assert os.listdir(scratch) == []  # and removed
+    assert tempfile.gettempdir() == before
+    gone = tmp_path / "gone"  # the options page checks the folder; it may vanish later
+    gone.mkdir()
+    with changed("TEMP_FOLDER", str(gone)):
+        gone.rmdir()
+        with pytest.raises(QgsProcessingException, match="does not exist or is not writable"):
+            run_alg("segmentraster", dict(params, OUTPUT=str(tmp_path / "b.tif")))
+    assert not (tmp_path / "b.tif").exists()
+    assert tempfile.gettempdir() == before
