@@ -131,6 +131,7 @@ def screenshot(name: str, layers: list) -> str:
     root = project.layerTreeRoot()
     for node in root.findLayers():
         node.setExpanded(True)
+    iface.layerTreeView().expandAll()  # every legend visible, vector categories too
     wait_for_canvas()
     path = os.path.join(SCREENSHOTS, f"desktop_{name}.png")
     iface.mainWindow().grab().save(path)
