@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 from osgeo import ogr
+from scenes import blobby_classes
 from scipy import ndimage
 
 from mapseg.core.errors import CanceledError, MapSegError
@@ -20,12 +21,7 @@ NAMES = ["", "urban", "forest", "water"]
 
 def classes(rows=30, cols=40, seed=1) -> np.ndarray:
     """Blobby classes 1..3 with some speckle: many patches, holes and diagonal contacts."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(1, 4, size=(rows // 5 + 1, cols // 5 + 1))
-    arr = np.kron(coarse, np.ones((5, 5), dtype=np.int64))[:rows, :cols]
-    speckle = rng.random((rows, cols)) < 0.08
-    arr[speckle] = rng.integers(1, 4, size=int(speckle.sum()))
-    return arr.astype(np.uint8)
+    return blobby_classes(rows, cols, 3, 5, 0.08, seed)
 
 
 def read(path):

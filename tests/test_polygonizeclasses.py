@@ -8,18 +8,14 @@ import numpy as np
 import pytest
 from conftest import CancelAfter, qgis_process_json, run_alg, save_dialog_screenshot
 from osgeo import ogr
+from scenes import blobby_classes
 
 COLORS = {1: (230, 25, 75), 2: (60, 180, 75), 3: (0, 130, 200), 4: (255, 225, 25)}
 NAMES = ["", "urban", "forest", "water", "crops"]
 
 
 def class_array(rows=24, cols=32, seed=7) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(1, 5, size=(rows // 4 + 1, cols // 4 + 1))
-    arr = np.kron(coarse, np.ones((4, 4), dtype=np.int64))[:rows, :cols]
-    speckle = rng.random((rows, cols)) < 0.05
-    arr[speckle] = rng.integers(1, 5, size=int(speckle.sum()))
-    return arr.astype(np.uint8)
+    return blobby_classes(rows, cols, 4, 4, 0.05, seed)
 
 
 def areas_by_class(path):

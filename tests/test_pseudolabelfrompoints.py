@@ -112,7 +112,8 @@ def test_qgis_process_integer_classes(tmp_path):
                        field_type=ogr.OFTInteger, epsg=32633)  # fmt: skip
     out = str(tmp_path / "labels.tif")
     res = qgis_process_json(ALG, {"INPUT": src, "POINTS": gpkg, "CLASS_FIELD": "kind",
-                                  "METHOD": "felzenszwalb", "SUPERPIXEL_SIZE": 10, "OUTPUT": out})  # fmt: skip
+                                  "METHOD": "felzenszwalb", "SUPERPIXEL_SIZE": 10,
+                                  "OUTPUT": out})  # fmt: skip
     results = res["results"]
     assert results["POINTS_USED"] == 3 and results["POINTS_OUTSIDE"] == 0
     ds = gdal.Open(out)

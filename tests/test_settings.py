@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, SCREENSHOTS, run_alg, write_raster
+from scenes import Log
 
 from mapseg import settings
 from mapseg.install.folder import version_dirname
@@ -40,18 +41,6 @@ def changed(key: str, value):
         yield
     finally:
         item.value = before
-
-
-class Log:
-    """A QgsProcessingFeedback that keeps what the algorithm reports."""
-
-    def __new__(cls):
-        from qgis.core import QgsProcessingFeedback
-
-        feedback = QgsProcessingFeedback()
-        feedback.lines = []
-        feedback.pushInfo = feedback.lines.append
-        return feedback
 
 
 def test_settings_page_lists_mapseg_under_providers(provider, qgis_iface):
