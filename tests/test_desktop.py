@@ -72,7 +72,8 @@ def plan(tmp_path, checkpoint) -> list[dict]:
         "labels.tif", "model.pt", "report.html", "classes.tif", "probability.tif",
         "segments.tif", "confidence.tif", "classes.gpkg", "scores.gpkg", "scores.html",
         "depth.tif", "filled.tif", "sinks.gpkg", "sam.gpkg", "sam.tif", "masks.gpkg",
-        "model.onnx", "model_sinks.gpkg",
+        "model.onnx", "model_sinks.gpkg", "chain_model.pt", "chain_map.tif",
+        "chain_polygons.gpkg", "chain_scores.html",
     )}  # fmt: skip
     sam = str(checkpoint)
     return [
@@ -98,6 +99,12 @@ def plan(tmp_path, checkpoint) -> list[dict]:
         ("exportmodel", {"MODEL": out["model.pt"], "OUTPUT": out["model.onnx"]}),
         ("DEM sinks to polygons", {"dem": dem, "min_area": 200.0, "min_depth": 0.5,
          "polygons:Sink polygons": out["model_sinks.gpkg"]}),
+        ("Points to land-cover map", {"scene": scene, "points": points, "class_field": "kind",
+         "training_minutes": 0.1, "superpixel_size": 8, "tile_size": 32,
+         "reference": reference, "train:Model": out["chain_model.pt"],
+         "segment:Land-cover map": out["chain_map.tif"],
+         "polygons:Land-cover polygons": out["chain_polygons.gpkg"],
+         "evaluate:Evaluation report": out["chain_scores.html"]}),
     ]  # fmt: skip
 
 
@@ -211,6 +218,15 @@ def test_class_rasters_list_exactly_the_classes(desktop):
         assert fresh["legend"] == labels, (name, fresh)
         loaded = [s for s in record["loaded"].values() if s["source"] == fresh["source"]]
         assert loaded and loaded[0]["legend"] == labels, (name, record["loaded"])
+
+
+def test_points_to_land_cover_chain_opens_styled(desktop):
+    record = step(desktop, "points_to_land-cover_map")
+    land_cover = record["fresh"]["segment:Land-cover map"]
+    assert land_cover["renderer"] == "paletted" and land_cover["legend"] == CLASS_NAMES
+    polygons = record["fresh"]["polygons:Land-cover polygons"]
+    assert polygons["renderer"] == "categorizedSymbol" and polygons["field"] == "class"
+    assert [label for _, label in polygons["categories"]] == CLASS_NAMES
 
 
 def test_continuous_rasters_have_a_ramp_over_their_range(desktop):
