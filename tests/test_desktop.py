@@ -149,9 +149,13 @@ def run_desktop(tmp: Path, build_tiny_sam) -> dict:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for old in SCREENSHOTS.glob("desktop_*.png"):
         old.unlink()
+    # A copy of the isolated profile (the plugin link and its settings): QGIS desktop saves
+    # window state and history into its profile, which qgis_process runs read meanwhile.
+    profile = tmp / "qgis-profile"
+    shutil.copytree(PROFILE, profile, symlinks=True)
     env = dict(
         os.environ,
-        QGIS_CUSTOM_CONFIG_PATH=str(PROFILE),
+        QGIS_CUSTOM_CONFIG_PATH=str(profile),
         PYTHONPATH=os.pathsep.join(p for p in (site_packages(), str(ROOT / "tests")) if p),
         MAPSEG_DESKTOP_PLAN=str(plan_path),
         MAPSEG_DESKTOP_RESULT=str(result),
