@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -166,7 +167,7 @@ def run_desktop(tmp: Path, build_tiny_sam) -> dict:
     script = ROOT / "tests" / "desktop_script.py"
     cmd = [XVFB, "-a", "-s", "-screen 0 1400x900x24", QGIS, "--nologo", "--noversioncheck"]
     cmd += ["--code", str(script)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
+    proc = run_group(cmd, env, tmp, timeout=300)
     progress = tmp / "result.json.log"
     steps_done = progress.read_text() if progress.exists() else ""
     assert result.exists(), (
@@ -176,6 +177,22 @@ def run_desktop(tmp: Path, build_tiny_sam) -> dict:
     data = json.loads(result.read_text(encoding="utf-8"))
     assert data["done"], data.get("error")
     return data
+
+
+def run_group(cmd: list, env: dict, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; on timeout the whole group (xvfb-run, Xvfb and
+    QGIS) is killed, so no window server or QGIS outlives the test."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"QGIS desktop did not finish within {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def step(desktop, name: str) -> dict:
