@@ -22,7 +22,7 @@ trap 'rm -rf "$STAGE"' EXIT
 git archive --format=tar --prefix=mapseg/ HEAD | tar -x -C "$STAGE"
 rm -rf "$STAGE/mapseg/tests" "$STAGE/mapseg/bench" "$STAGE/mapseg/.ci" "$STAGE/mapseg/scripts" \
   "$STAGE/mapseg/bin" "$STAGE/mapseg/Makefile" "$STAGE/mapseg/pyproject.toml" \
-  "$STAGE/mapseg/.gitignore" "$STAGE/mapseg/DEVELOPING.md"
+  "$STAGE/mapseg/.gitignore" "$STAGE/mapseg/DEVELOPING.md" "$STAGE/mapseg/docs"
 python3 - "$STAGE/mapseg" "$ZIP" "$URL" "$EMAIL" <<'PY'
 """Write the release addresses into the staged metadata.txt, check, zip, report the size."""
 import configparser
