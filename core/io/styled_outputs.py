@@ -63,5 +63,6 @@ def publish_classes(
 def commit_together(items: List, reporter: Reporter | None = None) -> List[str]:
     """Publish writers opened outside an ``OutputSet`` (None entries skipped) all or none."""
     outputs = OutputSet()
-    outputs.items.extend(item for item in items if item is not None)
+    for item in items:
+        outputs.add(item)  # None is skipped; two writers to one destination are refused
     return outputs.commit(reporter)
