@@ -20,6 +20,7 @@ MEAN, STD = [0.2, 0.3, 0.4], [0.5, 0.6, 0.7]
 NAMES = {"0": "water", "1": "field", "2": "forest"}
 WEIGHTS = np.array([[0.0, 0.0, 4.0], [4.0, 4.0, -4.0], [-3.0, 4.0, -1.0]], np.float32)
 BIAS = np.array([0.0, -2.0, 0.5], np.float32)
+SEG_THRESH = 0.6  # Deepness: probabilities below it are zeroed before the argmax
 HIDDEN = ("torch", "torchvision", "sklearn", "scipy", "skimage", "onnx", "segment_anything")
 
 
@@ -59,6 +60,7 @@ def deepness_model(path, tile=48, props=None, single=False) -> str:
         "tiles_overlap": 25,
         "standardization_mean": MEAN,
         "standardization_std": STD,
+        "seg_thresh": SEG_THRESH,
     }
     meta.update(props or {})
     for key, value in meta.items():
@@ -73,7 +75,12 @@ def deepness_truth(img: np.ndarray, single=False) -> np.ndarray:
         :, None, None
     ]
     logits = np.einsum("kc,chw->khw", WEIGHTS, x) + BIAS[:, None, None]
-    return (logits[0] > 0).astype(np.uint8) if single else logits.argmax(axis=0)
+    if single:
+        return (1.0 / (1.0 + np.exp(-logits[0])) >= SEG_THRESH).astype(np.uint8)
+    probs = np.exp(logits - logits.max(axis=0))
+    probs /= probs.sum(axis=0)
+    probs[probs < SEG_THRESH] = 0.0  # no class sure enough: class 0
+    return probs.argmax(axis=0)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ them as they are. Deepness (PUTvision/qgis-plugin-deepness) reads, each value JS
 - ``standardization_mean`` / ``standardization_std``: per channel, applied after the bytes are
   scaled to 0..1: ``x = (byte / 255 - mean) / std``;
 - ``seg_thresh`` and ``seg_small_segment``: a confidence threshold and a small-patch filter
-  that Deepness applies to the class map.
+  that Deepness applies to the class map. MapSeg applies the threshold as Deepness does
+  (probabilities below it are zeroed before the argmax, ``core.model.onnxnet``); the small-patch
+  filter is Segment Raster's SMOOTHING.
 
 The network takes (N, C, H, W) float32 (C = the first C bands) and returns (N, K, H, W)
 per-class probabilities; a single output channel is the probability of class 1 against 0.

@@ -96,6 +96,9 @@ class OnnxModel:
         fixed = self.fixed_tile
         self.meta = mapseg_meta(props) or deepness_meta(props, bands, channels, fixed)
         self.single_channel = bool(self.meta.get("single_channel")) or channels == 1
+        # Deepness's seg_thresh: probabilities below it count as 0 before the argmax (so a pixel
+        # where no class reaches it is class 0), as Deepness does for each tile
+        self.threshold = float(self.meta.get("seg_thresh") or 0.0)
         self._check_counts(bands, channels)
 
     def _check_io(self):
@@ -165,5 +168,7 @@ class OnnxNetwork:
             out = out.astype(np.float32)
         if self.model.single_channel and out.shape[1] == 1:
             out = np.concatenate([1.0 - out, out], axis=1)  # p(class 1) -> (p0, p1)
+        if self.model.threshold:
+            out[out < self.model.threshold] = 0.0
         out *= self.weights
         return out
