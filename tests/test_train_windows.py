@@ -74,6 +74,7 @@ def test_time_budget_schedule_ends_low():
     s = BudgetSchedule(total_steps=10_000)
     assert s.factor(0) == pytest.approx(1 / 100)  # warm-up over 100 steps
     assert s.factor(100) == pytest.approx(1.0)
+    assert s.factor(10, time_share=0.05) == pytest.approx(1.0, abs=0.01)  # or 5 % of the time
     # Half the time budget used after 300 of 10 000 steps: halfway down the cosine.
     assert s.factor(300, time_share=0.5) == pytest.approx(0.05 + 0.95 * 0.5)
     assert s.factor(400, time_share=1.0) == pytest.approx(0.05)

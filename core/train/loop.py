@@ -1,7 +1,8 @@
 """The training loop: batches -> optimizer steps -> validation -> best model, within a budget.
 
-``fit`` trains a network on a training ``TileSet`` and validates it after every epoch on the
-validation set, keeping the weights with the best validation mIoU. It never raises on cancel or
+``fit`` trains a network on class-balanced random windows (``RandomWindows``; SAM fine-tuning:
+a grid ``TileSet``) and validates it after every epoch on the validation tiles, keeping the
+weights with the best validation mIoU. It never raises on cancel or
 on the time limit: it stops within a batch and returns the best weights so far with
 ``stopped_early`` set, so the caller can still save a usable model.
 """
@@ -41,6 +42,8 @@ class FitConfig:
     balanced: bool = False
     device: str = "auto"
     seed: int = 0
+    # several processes training one model (core.distributed.ddp.DataParallel); None: one
+    distributed: object = None
 
 
 @dataclass
@@ -107,6 +110,7 @@ class Trainer:
         buffers = [b.detach().clone() for b in self.net.buffers()]
         if bool((y != IGNORE_INDEX).any()):
             loss = self._backward_fitting_memory(x, y)
+        loss = self.agree(loss)
         if loss is None or not self._apply():
             self.skipped += 1
             self.opt.zero_grad(set_to_none=True)
@@ -115,6 +119,11 @@ class Trainer:
                     b.copy_(saved)
             loss = None
         self.steps += 1
+        return loss
+
+    def agree(self, loss: float | None) -> float | None:
+        """The step's loss once every process agrees (a distributed trainer all-reduces the
+        gradients here); None skips the step."""
         return loss
 
     def _backward_fitting_memory(self, x, y) -> float | None:
@@ -277,6 +286,9 @@ def fit(
     import torch
 
     _check_inputs(cfg, train)
+    group = cfg.distributed
+    if group is not None:  # each process its own windows; the main one validates
+        train, val = group.share(train, val, cfg.seed)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -287,10 +299,11 @@ def fit(
     criterion = make_criterion(cfg.loss, weights, num_classes, device)
     bs = max(1, min(cfg.batch_size or 8, len(train)))
     total_steps = max(1, cfg.epochs * train.epoch_steps(bs))
-    trainer = Trainer(net, cfg, criterion, device, total_steps)
+    trainer = (group.trainer if group else Trainer)(net, cfg, criterion, device, total_steps)
     # Validate on the training tiles when there is no validation set (said in the metrics).
     check_set = val if len(val) else train
-    clock, best, history, stop = Clock(reporter, cfg.max_minutes), BestModel(), [], ""
+    clock = (group.clock if group else Clock)(reporter, cfg.max_minutes)
+    best, history, stop = BestModel(), [], ""
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         batches, skipped = train.epoch_batches(rng, bs, tile_p), trainer.skipped

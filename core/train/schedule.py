@@ -39,14 +39,16 @@ def lr_lambda(total_steps: int):
 class BudgetSchedule:
     """Warm-up, then cosine decay to 5 % over whichever budget runs out first: the steps of
     ``EPOCHS`` or the time limit. With a time limit a run therefore ends at a low learning
-    rate, however many steps the device managed (``time_share``: share of it used)."""
+    rate, however many steps the device managed (``time_share``: share of it used). The
+    warm-up too ends at whichever comes first, its steps or 5 % of the time: a slow device
+    that manages 50 steps in the budget must not spend them all warming up."""
 
     def __init__(self, total_steps: int) -> None:
         self.total = max(1, total_steps)
         self.warmup = max(1, min(100, self.total // 20))
 
     def factor(self, step: int, time_share: float = 0.0) -> float:
-        warm = min(1.0, (step + 1) / self.warmup)
+        warm = min(1.0, max((step + 1) / self.warmup, time_share / 0.05))
         by_steps = (step - self.warmup) / max(1, self.total - self.warmup)
         progress = min(1.0, max(0.0, by_steps, time_share))
         return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
