@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingException
 
+from ..core.distributed import DDP_DEVICE
 from . import params as P
 from .base import MapSegAlgorithm
 
@@ -92,7 +93,7 @@ class TrainModel(MapSegAlgorithm):
             ),
             P.choice(self.LOSS, "Loss", list(LOSSES)),
             P.flag(self.AUGMENT, "Augment (flips, rotations, brightness)", True),
-            P.device(self.DEVICE),
+            self._device(),
             P.integer(self.SEED, "Random seed", 0, minimum=0),
             P.integer(self.IGNORE_VALUE, "Label value meaning 'not labelled'", 255),
             P.file_in(
@@ -123,6 +124,12 @@ class TrainModel(MapSegAlgorithm):
             paths.append(layer.source())
         return paths
 
+    def _device(self):
+        """auto, cpu, cuda, and cuda_ddp: every CUDA GPU, one training process each."""
+        param = P.device(self.DEVICE)
+        param.setOptions(param.options() + [DDP_DEVICE])
+        return param
+
     def process(self, parameters, context, feedback) -> dict:
         from ..core.train.job import train_model
         from ..core.train.report import write_training_report
@@ -130,7 +137,12 @@ class TrainModel(MapSegAlgorithm):
         job = self._job(parameters, context, feedback)
         if not job.output.lower().endswith(".pt"):
             job.output += ".pt"
-        meta = train_model(job, self.reporter(feedback))
+        if job.fit.device == DDP_DEVICE:  # one process per GPU (core.distributed.launch)
+            from ..core.distributed.launch import train_ddp
+
+            meta = train_ddp(job, self.reporter(feedback))
+        else:
+            meta = train_model(job, self.reporter(feedback))
         results = {
             self.OUTPUT_MODEL: job.output,
             # A label-free model (no labels given) has no validation scores.

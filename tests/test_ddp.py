@@ -1,0 +1,98 @@
+"""Data-parallel Train Model with real torch.distributed: two CPU processes on the gloo backend,
+started the way Train Model's cuda_ddp device starts one process per GPU."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from conftest import write_raster
+from segment_models import blobs
+
+pytest.importorskip("torch.distributed")
+
+GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
+MINUTES = 0.25  # the same training time for one process and for two
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    img, truth = blobs(192, 192, seed=1)
+    src = write_raster(folder / "img.tif", img, geotransform=GT)
+    labels = write_raster(folder / "labels.tif", (truth * 4 + 3).astype(np.uint8), geotransform=GT)
+    return folder, src, labels
+
+
+def _job(src: str, labels: str, output, epochs: int = 200, minutes: float = MINUTES):
+    from mapseg.core.train.job import TrainJob
+    from mapseg.core.train.loop import FitConfig
+
+    fit = FitConfig(epochs=epochs, batch_size=4, learning_rate=3e-3, device="cpu",
+                    max_minutes=minutes)  # fmt: skip
+    return TrainJob(
+        images=[src], label_rasters=[labels], output=str(output), architecture="unet",
+        arch_kwargs={"base_width": 8}, tile_size=64, fit=fit,
+    )  # fmt: skip
+
+
+def test_two_processes_train_one_model_like_one_process(scene, tmp_path):
+    from mapseg.core.distributed.launch import train_ddp
+    from mapseg.core.progress import Reporter
+    from mapseg.core.train.job import train_model
+
+    folder, src, labels = scene
+    single = train_model(_job(src, labels, tmp_path / "single.pt"), Reporter())
+    out_dir = tmp_path / "ddp"
+    out_dir.mkdir()
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    progress: list = []
+    meta = train_ddp(
+        _job(src, labels, out_dir / "model.pt"), Reporter(progress=progress.append),
+        processes=2, device="cpu", trace=str(trace),
+    )  # fmt: skip
+    # the weights are the same on both ranks after every step
+    steps = [(trace / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert len(steps[0]) >= 20
+    assert steps[0] == steps[1]
+    # one model file, written by rank 0, saying how it was trained
+    assert os.listdir(out_dir) == ["model.pt"]
+    assert meta["training"]["distributed"] == {"processes": 2, "backend": "gloo"}
+    assert meta["training"]["stop_reason"] == "time"  # both ranks stopped on the same step
+    assert progress and max(progress) > 90  # rank 0's progress reached the caller
+    # as good as one process given the same data and time
+    assert single["metrics"]["miou"] > 0.8
+    assert abs(meta["metrics"]["miou"] - single["metrics"]["miou"]) <= 0.05
+
+
+def test_cancel_reaches_every_process_and_keeps_the_best_model(scene, tmp_path):
+    from mapseg.core.distributed.launch import train_ddp
+    from mapseg.core.progress import Reporter
+
+    _, src, labels = scene
+    seen: list = []
+    reporter = Reporter(progress=seen.append, is_canceled=lambda: bool(seen) and seen[-1] > 40)
+    meta = train_ddp(
+        _job(src, labels, tmp_path / "model.pt", epochs=6, minutes=0),
+        reporter, processes=2, device="cpu",
+    )  # fmt: skip
+    assert meta["training"]["stopped_early"]
+    assert meta["training"]["stop_reason"] == "canceled"
+    assert 1 <= meta["training"]["epochs_run"] < 6
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_label_free_is_refused_before_any_process_starts(scene, tmp_path):
+    from dataclasses import replace
+
+    from mapseg.core.distributed.launch import train_ddp
+    from mapseg.core.errors import MapSegError
+    from mapseg.core.progress import Reporter
+
+    _, src, labels = scene
+    job = replace(_job(src, labels, tmp_path / "model.pt"), label_rasters=[])
+    with pytest.raises(MapSegError, match="needs labels"):
+        train_ddp(job, Reporter(), processes=2, device="cpu")
+    assert not os.listdir(tmp_path)
