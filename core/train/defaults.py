@@ -1,10 +1,10 @@
 """Device-suited defaults: a network and tile size that give hundreds to thousands of steps in
 a few minutes on the device at hand, with the log saying what was chosen and why.
 
-Measured on 2 CPU cores (bench/quality_dubai.py): a U-Net of width 16 on 128-px tiles, batch 8,
-runs about 3 steps/s, so 5 minutes give ~900 steps with random windows; width 32 and 256-px
-tiles are 8x the work per step, i.e. ~100 steps, too few to learn. A CUDA GPU affords the
-larger network and tiles (and twice the batch) at the same number of steps.
+On 2 idle CPU cores a U-Net of width 16 on 128-px windows, batch 8, runs about 2.8 steps/s
+(issue 11's reference: 499 steps in 3 minutes), so 5 minutes give several hundred steps;
+width 32 on 256-px tiles is 8x the work per step, i.e. too few steps to learn in minutes. A CUDA
+GPU affords the larger network and tiles (and twice the batch) at a similar step count.
 """
 
 from __future__ import annotations

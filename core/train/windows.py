@@ -5,10 +5,10 @@ two optimizer steps and a network sees the same crops again and again. Instead, 
 a window at a random position (torchgeo's ``RandomBatchGeoSampler``), drawn class-balanced:
 half the windows are centred near a labelled pixel of a class chosen uniformly among the
 classes, half near a pixel drawn in proportion to the labels, so a class covering 3 % of the
-pixels is in nearly every batch of 8 (1 - 0.74^8 = 91 %). The anchor pixels were sampled per
-grid tile by ``scan_tiles``. A window never touches a validation tile: a position that would
-is drawn again, and after a few tries the anchor's own grid tile (kept apart from validation
-by ``spatial_split``) is used.
+pixels is in nearly every batch of 8 (two classes: 1 - 0.74^8 = 91 %). Anchor pixels are
+sampled per grid tile by ``scan_tiles``. A window never touches a validation tile: a position
+that would is drawn again, and after a few tries the anchor's own grid tile (kept apart from
+validation by ``spatial_split``) is used.
 
 Windows are cut from the normalised rasters held in memory when they fit the budget, else read
 from the files by the prefetch thread. An epoch is a number of steps, not a pass over a grid.
