@@ -155,10 +155,15 @@ def assert_identical(a: str, b: str) -> None:
     assert np.array_equal(ba.ReadAsArray(), bb.ReadAsArray())
 
 
-def test_supervised_model_on_cluster_equals_local_run(cluster, scene):
+@pytest.fixture(scope="module")
+def supervised(cluster, scene):
     folder, src, model = scene
     params = {"INPUT": src, "MODEL": model, "TILE_SIZE": 64}
-    (local, local_p), (dask, dask_p) = _both(folder, "sup", params, cluster.address)
+    return _both(folder, "sup", params, cluster.address)
+
+
+def test_supervised_model_on_cluster_equals_local_run(supervised):
+    (local, local_p), (dask, dask_p) = supervised
     assert_identical(local, dask)
     assert_identical(local_p, dask_p)
     classes = gdal.Open(dask).ReadAsArray()
@@ -186,20 +191,20 @@ def test_label_free_default_model_on_cluster_equals_local_run(cluster, scene):
     assert np.abs(conf - local_conf).max() < 1e-4
 
 
-def test_command_line_on_cluster_equals_local_run(cluster, scene):
+def test_command_line_on_cluster_equals_local_run(cluster, scene, supervised):
+    """``python -m mapseg segment`` (no QGIS) gives what Segment Raster gives locally."""
     folder, src, model = scene
-    dest = folder / "cli.tif"
-    local = folder / "cli_local.tif"
-    common = [sys.executable, "-m", "mapseg", "segment", src, model]
-    env = dict(cluster.env)
-    for args in ([str(local)], [str(dest), "--scheduler", cluster.address, "--block-size", "256"]):
-        proc = subprocess.run(
-            common + args + ["--tile-size", "64", "--smoothing", "30"],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
+    dest, prob = folder / "cli.tif", folder / "cli_p.tif"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mapseg", "segment", src, model, str(dest), "--tile-size", "64",
+         "--scheduler", cluster.address, "--block-size", "256", "--probability", str(prob)],
+        env=cluster.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
     assert "blocks of up to 256 x 256 pixels" in proc.stderr
-    assert_identical(str(local), str(dest))
+    (local, local_p), _ = supervised
+    assert_identical(local, str(dest))
+    assert_identical(local_p, str(prob))
 
 
 def test_unreachable_scheduler_is_a_clear_error(scene):
@@ -236,7 +241,7 @@ def test_killed_worker_still_gives_the_local_result(cluster, scene):
     from mapseg.core.progress import Reporter
 
     folder, src, model = scene
-    opts = Options(tile_size=64, runtime="torch")
+    opts = Options(tile_size=64, runtime="torch", smoothing=30)  # sieved on the client
     local, dest = str(folder / "kill_local.tif"), str(folder / "kill_dask.tif")
     segment_raster(src, model, local, options=opts)
     killed = []
@@ -259,13 +264,3 @@ def test_killed_worker_still_gives_the_local_result(cluster, scene):
     assert len(cluster.alive()) == 1
     assert_identical(local, dest)
     cluster.add_workers(1)  # back to two for any later test
-
-
-def test_python_m_mapseg_without_qgis_lists_commands():
-    proc = subprocess.run(
-        [sys.executable, "-m", "mapseg", "--help"],
-        env=dict(os.environ, PYTHONPATH=str(ROOT / "build" / "pkg")),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0
-    assert "segment" in proc.stdout and "train" in proc.stdout
