@@ -275,3 +275,38 @@ def test_bad_inputs_fail_clearly(provider, data, tmp_path, case, message):
         run_alg("trainmodel", _bad(tmp_path, data, extra))
     assert not (tmp_path / "bad.pt").exists()
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
+
+
+def test_encoder_weights_from_a_local_torchvision_file(provider, data, tmp_path):
+    import torch
+    import torchvision
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    torch.manual_seed(3)
+    weights = tmp_path / "resnet18-test.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    logs = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = lambda msg: logs.append(msg)
+    params = {
+        **FAST,
+        "ARCHITECTURE": "fcn",
+        "ARCH_OPTIONS": "",
+        "INPUT": [data["img_path"]],
+        "LABELS": [data["lab_path"]],
+        "EPOCHS": 1,
+        "ENCODER_WEIGHTS": str(weights),
+        "OUTPUT_MODEL": str(tmp_path / "fcn.pt"),
+    }
+    res = run_alg("trainmodel", params, feedback=feedback)
+    meta, _ = load_model(res["OUTPUT_MODEL"])
+    assert meta["architecture"] == "fcn" and meta["arch_kwargs"] == {"backbone": "resnet18"}
+    assert meta["training"]["encoder_weights"] == "resnet18-test.pth"
+    assert any("pretrained backbone tensors from resnet18-test.pth" in m for m in logs)
+    # A file for another backbone: a clear error, and no model file.
+    wrong = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), wrong)
+    bad = {**params, "ENCODER_WEIGHTS": str(wrong), "OUTPUT_MODEL": str(tmp_path / "bad.pt")}
+    with pytest.raises(QgsProcessingException, match="does not fit the fcn backbone resnet18"):
+        run_alg("trainmodel", bad)
+    assert not (tmp_path / "bad.pt").exists()
