@@ -26,6 +26,7 @@ import dataclasses
 import os
 import tempfile
 import threading
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,11 +59,23 @@ class BlockJob:
 
 @dataclass
 class BlockResult:
+    """A finished block; its arrays travel zlib-compressed (class maps shrink many-fold, so
+    the network and the client's receive buffers carry little)."""
+
     window: Window  # in the plan's source pixels
-    classes: np.ndarray
-    probability: np.ndarray | None
+    packed: list  # (zlib bytes, dtype, shape) per output: classes, then probabilities
     tiles: int
     runtime: str
+
+    @staticmethod
+    def pack(array: np.ndarray) -> tuple:
+        return zlib.compress(np.ascontiguousarray(array).tobytes(), 1), array.dtype.str, array.shape
+
+    def arrays(self) -> list[np.ndarray]:
+        return [
+            np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype)).reshape(shape)
+            for data, dtype, shape in self.packed
+        ]
 
 
 def block_windows(window: Window, size: int) -> list[Window]:
@@ -231,5 +244,5 @@ def segment_block(job: BlockJob, model_bytes: bytes, block: Window) -> BlockResu
         plan.job(block, finalize), outs, forward, Reporter(), alloc=net.alloc,
         read_ahead=4 if net.cuda else 2,
     )  # fmt: skip
-    prob = outs[1].array() if job.with_prob else None
-    return BlockResult(block, outs[0].array(), prob, tiles, runtime.name)
+    packed = [BlockResult.pack(out.array()) for out in outs]
+    return BlockResult(block, packed, tiles, runtime.name)

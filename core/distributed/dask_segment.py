@@ -273,7 +273,6 @@ def run_blocks(client, job: BlockJob, model, outs: list, cluster: Cluster, rep: 
 def _write(outs: list, result: BlockResult, window) -> None:
     """Write a finished block and drop it from GDAL's cache (client memory stays flat)."""
     x, y = result.window[0] - window[0], result.window[1] - window[1]
-    arrays = [result.classes] + ([result.probability] if len(outs) > 1 else [])
-    for out, array in zip(outs, arrays):
+    for out, array in zip(outs, result.arrays()):
         out.write(array, x, y)
         out.ds.FlushCache()
