@@ -173,7 +173,7 @@ def test_band_selection(tmp_path, model, scene):
     logs = []
     res = segment(first, model, tmp_path / "def.tif", reporter=Reporter(log=logs.append))
     assert res.bands == [1, 2, 3] and np.array_equal(read_raster(res.output), ref)
-    assert any("feeding it bands 1 to 3" in m for m in logs)
+    assert any("feeding the label-free model its first 3 (1,2,3)" in m for m in logs)
     with pytest.raises(MapSegError, match="band 9 does not exist; the input raster has 5"):
         segment(src5, model, tmp_path / "bad.tif", bands=[1, 2, 9])
     with pytest.raises(MapSegError, match="selects 2 bands but the model .* expects 3"):
