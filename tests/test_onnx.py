@@ -286,3 +286,20 @@ def test_cuda_without_onnxruntime_cuda_provider_is_a_clear_error(
         run_alg("segmentraster", {"INPUT": scene["src"], "MODEL": deepness, "DEVICE": "cuda",
                                   "OUTPUT": str(dest)})  # fmt: skip
     assert not dest.exists()
+
+
+def test_shipped_onnx_default_matches_the_pt_default():
+    """weights/mapseg_default.onnx must be the export of weights/mapseg_default.pt: same
+    metadata, same embeddings (rebuild it with core.model.export.export_onnx(..., dynamic_size=True)
+    whenever the .pt changes)."""
+    from mapseg.core.infer.inputs import DEFAULT_MODEL, DEFAULT_ONNX, PLUGIN_DIR
+    from mapseg.core.model.export import compare_outputs
+    from mapseg.core.model.modelfile import load_model
+    from mapseg.core.model.onnxnet import OnnxModel
+
+    meta, state = load_model(os.path.join(PLUGIN_DIR, DEFAULT_MODEL))
+    path = os.path.join(PLUGIN_DIR, DEFAULT_ONNX)
+    shipped = OnnxModel(path, "cpu").meta
+    assert {k: shipped[k] for k in meta} == json.loads(json.dumps(meta))
+    for tile in (64, 96):  # any tile size: the shipped export's height and width are free
+        assert compare_outputs(meta, state, path, tile) < 1e-4
