@@ -303,3 +303,27 @@ def test_shipped_onnx_default_matches_the_pt_default():
     assert {k: shipped[k] for k in meta} == json.loads(json.dumps(meta))
     for tile in (64, 96):  # any tile size: the shipped export's height and width are free
         assert compare_outputs(meta, state, path, tile) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "arch,kwargs",
+    [("unet", {"base_width": 4, "upsampling": "transpose"}), ("deeplabv3", {}), ("fcn", {}),
+     ("refinenet", {})],
+)  # fmt: skip
+def test_every_architecture_exports_faithfully(tmp_path, arch, kwargs):
+    import torch
+
+    from mapseg.core.model.export import compare_outputs, export_onnx
+    from mapseg.core.model.modelfile import new_meta
+    from mapseg.nets import build_network
+
+    torch.manual_seed(0)
+    net = build_network(arch, 4, 3, **kwargs).eval()
+    meta = new_meta(
+        architecture=arch, arch_kwargs=net.mapseg_arch["kwargs"], in_bands=4,
+        band_stats=[{"offset": 0.0, "scale": 255.0, "low": 0.0, "high": 255.0}] * 4,
+        classes=[{"value": i, "name": f"c{i}", "color": [40 * i, 90, 30]} for i in range(3)],
+        tile_size=64,
+    )  # fmt: skip
+    path = export_onnx(meta, net.state_dict(), str(tmp_path / "m.onnx"), 64, 8)
+    assert compare_outputs(meta, net.state_dict(), path, 64, seed=1) < 1e-4  # probabilities
