@@ -327,3 +327,14 @@ def test_every_architecture_exports_faithfully(tmp_path, arch, kwargs):
     )  # fmt: skip
     path = export_onnx(meta, net.state_dict(), str(tmp_path / "m.onnx"), 64, 8)
     assert compare_outputs(meta, net.state_dict(), path, 64, seed=1) < 1e-4  # probabilities
+
+
+def test_export_model_refuses_bad_inputs_and_writes_nothing(provider, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    not_a_model = tmp_path / "notes.pt"
+    not_a_model.write_text("not a model")
+    dest = tmp_path / "out.onnx"
+    with pytest.raises(QgsProcessingException, match="not a MapSeg model file"):
+        run_alg("exportmodel", {"MODEL": str(not_a_model), "OUTPUT": str(dest)})
+    assert not dest.exists() and os.listdir(tmp_path) == ["notes.pt"]
