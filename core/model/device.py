@@ -14,10 +14,11 @@ DEVICES = ["auto", "cpu", "cuda"]
 
 
 def gpu_driver_present() -> bool:
-    """False when no GPU driver is loaded (Linux: NVIDIA's or ROCm's): PyTorch cannot see a GPU
-    then, so 'auto' is the CPU without importing PyTorch (about 0.4 GB of memory)."""
+    """False when no GPU driver is loaded (Linux: NVIDIA's, ROCm's, or WSL2's GPU device): PyTorch
+    cannot see a GPU then, so 'auto' is the CPU without importing PyTorch (about 0.4 GB)."""
     if sys.platform.startswith("linux"):
-        return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd")
+        marks = ("/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
+        return any(os.path.exists(p) for p in marks)
     return True
 
 
