@@ -14,6 +14,10 @@ the network so that
 with a cross-entropy over cosine similarities to the centroids, weighted by inverse cluster
 size so that no cluster swallows the others. A small term keeps predicting the filter-bank
 pseudo-classes (``anchor``), so the features cannot collapse to a trivial solution.
+
+Measured (bench/RESULTS_label_free.md): 100 such steps after 200 distillation steps, from
+scratch on a CPU, lost 0.02-0.03 ARI on held-out scenes; PiCIE itself starts from a pretrained
+backbone and trains far longer. Off by default (``SelfSupConfig.self_label_steps = 0``).
 """
 
 from __future__ import annotations
