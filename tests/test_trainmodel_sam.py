@@ -158,6 +158,16 @@ def test_segment_raster_asks_for_the_checkpoint_and_refuses_another(trained, dat
     assert not dest.exists() and not list(tmp_path.glob("classes*"))
 
 
+def test_fine_tuning_a_sam_model_again_needs_its_checkpoint(trained, data, tmp_path):
+    _, model = trained
+    msg = bad_run(data, tmp_path, INIT_MODEL=str(model))
+    assert "sam_copy.pth" in msg and "as CHECKPOINT" in msg
+    other = tmp_path / "other_sam.pth"
+    torch.save(build_tiny_sam(seed=3).state_dict(), other)
+    msg = bad_run(data, tmp_path, INIT_MODEL=str(model), CHECKPOINT=str(other))
+    assert "not the SAM checkpoint this model was fine-tuned from" in msg
+
+
 def test_segment_with_sam_uses_the_fine_tuned_decoder(trained, data, tiny_sam_checkpoint, tmp_path):
     """A box over each square: the fine-tuned decoder finds the squares, SAM's random one not."""
     from qgis.core import QgsProcessingException
