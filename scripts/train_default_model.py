@@ -70,10 +70,11 @@ GPL = {"GPL-3.0"}
 STEPS, SELF_LABEL_STEPS, K0, BASE_WIDTH = 200, 0, 24, 8
 
 
-def rgb_inputs(names, workdir: str) -> tuple[list[str], list[dict]]:
+def rgb_inputs(names, workdir: str) -> tuple[list[str], list[dict], list[float]]:
     """One R, G, B raster per image of the sources ``names`` (the file, or a VRT stacking the
-    one-band files of a source)."""
-    paths, used = [], []
+    one-band files of a source), and each raster's share of the training tiles when every
+    source gets the same share whatever its number of files (``--balance-sources``)."""
+    paths, used, shares = [], [], []
     for name in names:
         patterns, licence, source = SOURCES[name]
         found = [sorted(glob.glob(os.path.join(SHARED, p))) for p in patterns]
@@ -81,14 +82,15 @@ def rgb_inputs(names, workdir: str) -> tuple[list[str], list[dict]]:
             print(f"not found, skipped: {name}")
             continue
         if len(patterns) == 1:
-            paths += found[0]
+            images = found[0]
         else:  # one file per band, red first
-            vrt = os.path.join(workdir, f"{name}_rgb.vrt")
-            gdal.BuildVRT(vrt, [f[0] for f in found], separate=True).FlushCache()
-            paths.append(vrt)
+            images = [os.path.join(workdir, f"{name}_rgb.vrt")]
+            gdal.BuildVRT(images[0], [f[0] for f in found], separate=True).FlushCache()
+        paths += images
+        shares += [1.0 / len(images)] * len(images)
         files = [os.path.relpath(f, SHARED) for group in found for f in group]
         used.append({"name": name, "files": files, "licence": licence, "source": source})
-    return paths, used
+    return paths, used, shares
 
 
 def sha256(path: str) -> str:
@@ -158,6 +160,8 @@ def main() -> None:
     p.add_argument("--self-label-steps", type=int, default=SELF_LABEL_STEPS)
     p.add_argument("--exclude", default="", help="a scene to leave out: dubai or nc")
     p.add_argument("--allow-gpl", action="store_true", help="train on GPL-3.0 imagery (NC)")
+    # Measured worse: NC held out 0.093 mean ARI against 0.145 with tiles shared per file.
+    p.add_argument("--balance-sources", action="store_true", help="equal tiles per source")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(ROOT, "weights", "mapseg_default.pt"))
@@ -178,7 +182,7 @@ def main() -> None:
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        paths, used = rgb_inputs(names, tmp)
+        paths, used, shares = rgb_inputs(names, tmp)
         start = time.perf_counter()
         meta = train_label_free(
             paths,
@@ -189,6 +193,7 @@ def main() -> None:
             {"base_width": BASE_WIDTH},
             bands=[1, 2, 3],
             band_colours=["red", "green", "blue"],
+            shares=shares if args.balance_sources else None,
         )
         seconds = time.perf_counter() - start
     doc = manifest(args.out, meta, used, cfg, args, seconds)

@@ -85,6 +85,26 @@ def test_self_labelling_stage_keeps_the_regions_and_records_band_colours(tmp_pat
     assert agreement(seg, region, np.ones((96, 96), bool))["ari"] > ARI_MIN
 
 
+def test_tiles_are_shared_between_inputs_as_asked(tmp_path):
+    from osgeo import gdal
+
+    from mapseg.core.io.normalize import band_stats
+    from mapseg.core.train.labelfree import read_tiles
+
+    img, _ = three_regions(256)
+    paths = [write_raster(tmp_path / f"{i}.tif", img) for i in range(2)]
+    datasets = [gdal.Open(p) for p in paths]
+    stats = [band_stats([ds], [1, 2, 3]) for ds in datasets]
+    x, valid = read_tiles(datasets, [1, 2, 3], stats, 32, 40, shares=[3.0, 1.0])
+    first = read_tiles(datasets[:1], [1, 2, 3], stats[:1], 32, 30)[0]  # 3/4 of 40
+    second = read_tiles(datasets[1:], [1, 2, 3], stats[1:], 32, 10)[0]  # 1/4 of 40
+    assert len(x) == len(first) + len(second) == len(valid)
+    assert len(first) > 2 * len(second)  # the first input gives three times the tiles
+    np.testing.assert_array_equal(x[: len(first)], first)
+    equal = read_tiles(datasets, [1, 2, 3], stats, 32, 40)[0]
+    assert len(equal) == 2 * len(read_tiles(datasets[:1], [1, 2, 3], stats[:1], 32, 20)[0])
+
+
 def test_time_limit_and_cancel_keep_a_usable_model(tmp_path):
     img, _ = three_regions(64)
     src = write_raster(tmp_path / "img.tif", img)

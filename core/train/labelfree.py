@@ -10,12 +10,9 @@ views of the same (flipped/rotated) tile, plus a symmetric KL term that asks bot
 the same class distribution. The network's ``K0`` output logits, normalised to unit length per
 pixel, are the embedding: Segment Raster clusters them into N segments with k-means.
 
-Optionally (``self_label_steps``) a second stage trains the distilled network on clusters of
-its own features with PiCIE-style invariance and equivariance (``core.train.picie``); measured
-on held-out scenes it lost 0.02-0.03 ARI after 100 steps, so it is off by default. What was
-tried and measured: bench/RESULTS_label_free.md. The
-distillation keeps the weights with the lowest held-out loss (checked every ``eval_every``
-steps); a cancel or the time limit stops within a step and keeps them.
+Optional PiCIE-style self-labelling (``self_label_steps``, ``core.train.picie``) lost ARI on
+held-out scenes and is off by default (bench/RESULTS_label_free.md). The weights with the
+lowest held-out loss are kept; a cancel or the time limit stops within a step and keeps them.
 """
 
 from __future__ import annotations
@@ -69,14 +66,15 @@ class SelfSupResult:
 
 
 def read_tiles(
-    datasets: Sequence, bands: Sequence[int], stats: Sequence[Sequence[dict]], size: int, count: int
+    datasets: Sequence, bands, stats, size: int, count: int, shares: Sequence[float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``count`` normalised (n, C, size, size) tiles spread over the rasters, with a
-    (n, size, size) valid mask (padding and nodata are not valid)."""
-    per = max(1, count // max(1, len(datasets)))
+    """Up to ``count`` normalised (n, C, size, size) tiles spread over the rasters (``shares``:
+    each raster's share of them, default equal), with a (n, size, size) valid mask (padding
+    and nodata are not valid)."""
+    shares = list(shares or [1.0] * len(datasets))
     xs, vs = [], []
-    for ds, st in zip(datasets, stats):
-        # at most ~4 windows per tile area (half-tile overlap): small rasters give few tiles
+    for ds, st, share in zip(datasets, stats, shares):
+        per = max(1, int(count * share / sum(shares)))
         grid = math.ceil(ds.RasterXSize / size) * math.ceil(ds.RasterYSize / size)
         for win in sample_windows(ds.RasterXSize, ds.RasterYSize, size, min(per, 4 * grid)):
             x, v = BandWindows(ds, st, bands).read((*win[:2], size, size), padding_valid=False)
@@ -332,8 +330,10 @@ def train_label_free(
     bands: Sequence[int] | None = None,
     preview_segments: int = 6,
     band_colours: Sequence[str] | None = None,
+    shares: Sequence[float] | None = None,
 ) -> dict:
-    """Train a label-free model on ``paths`` (``bands``: 1-based, default all) and save it.
+    """Train a label-free model on ``paths`` (``bands``: 1-based, default all) and save it;
+    ``shares``: each input's share of the training tiles (default equal).
 
     ``band_colours`` says what the bands are (``["red", "green", "blue"]``), when all inputs
     hold them in that order; the model file records it for Segment Raster."""
@@ -343,7 +343,7 @@ def train_label_free(
     datasets, bands = _open_inputs(paths, bands)
     reporter.info("Measuring band statistics of each input (per-input normalisation).")
     stats = [band_stats([ds], bands) for ds in datasets]
-    x, valid = read_tiles(datasets, bands, stats, cfg.tile_size, cfg.max_tiles)
+    x, valid = read_tiles(datasets, bands, stats, cfg.tile_size, cfg.max_tiles, shares)
     reporter.fraction(0.03)
     reporter.info(
         f"{len(x)} tiles of {cfg.tile_size} px; clustering the filter bank (K0={cfg.k0})."
