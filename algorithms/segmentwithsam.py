@@ -85,6 +85,39 @@ def plain(value, kind: int):
     return str(value)
 
 
+def _prompt_geometry(feature, transform, feedback):
+    """The feature's geometry in the raster's CRS, or None (skipped, with a warning)."""
+    geom = feature.geometry()
+    if geom is None or geom.isEmpty():
+        feedback.pushWarning(f"Feature {feature.id()} has no geometry and was skipped.")
+        return None
+    if transform is not None:
+        try:
+            geom.transform(transform)
+        except QgsCsException as err:
+            feedback.pushWarning(
+                f"Feature {feature.id()} cannot be reprojected to the raster's CRS ({err}) and "
+                "was skipped."
+            )
+            return None
+    return geom
+
+
+def _add_points(prompts: list, groups: dict, key, value, geom, label: int) -> None:
+    """The points of ``geom`` join the prompt of group ``key`` (a new prompt without one)."""
+    from ..core.sam.prompts import Prompt
+
+    prompt = groups.get(key) if key is not None else None
+    if prompt is None:
+        prompt = Prompt(len(prompts) + 1, value=value, group=key)
+        prompts.append(prompt)
+        if key is not None:
+            groups[key] = prompt
+    points = [(p.x(), p.y()) for p in geom.vertices()]
+    prompt.points += points
+    prompt.labels += [label] * len(points)
+
+
 class SegmentWithSam(MapSegAlgorithm):
     NAME = "segmentwithsam"
     DISPLAY = "Segment With SAM"
@@ -153,19 +186,9 @@ class SegmentWithSam(MapSegAlgorithm):
         is_point = QgsWkbTypes.geometryType(source.wkbType()) == QgsWkbTypes.PointGeometry
         prompts, groups = [], {}
         for feature in source.getFeatures(QgsFeatureRequest()):
-            geom = feature.geometry()
-            if geom is None or geom.isEmpty():
-                feedback.pushWarning(f"Feature {feature.id()} has no geometry and was skipped.")
+            geom = _prompt_geometry(feature, transform, feedback)
+            if geom is None:
                 continue
-            if transform is not None:
-                try:
-                    geom.transform(transform)
-                except QgsCsException as err:
-                    feedback.pushWarning(
-                        f"Feature {feature.id()} cannot be reprojected to the raster's CRS "
-                        f"({err}) and was skipped."
-                    )
-                    continue
             value = None
             if class_type is not None:
                 value = plain(feature[names[self.CLASS_FIELD]], class_type)
@@ -178,17 +201,9 @@ class SegmentWithSam(MapSegAlgorithm):
             if names[self.LABEL_FIELD]:
                 raw = plain(feature[names[self.LABEL_FIELD]], ogr.OFTReal)
                 label = 1 if raw is None else int(raw != 0)
-            points = [(p.x(), p.y()) for p in geom.vertices()]
             group = names[self.GROUP_FIELD]
             key = plain(feature[group], ogr.OFTString) if group else None
-            prompt = groups.get(key) if key is not None else None
-            if prompt is None:
-                prompt = Prompt(len(prompts) + 1, value=value, group=key)
-                prompts.append(prompt)
-                if key is not None:
-                    groups[key] = prompt
-            prompt.points += points
-            prompt.labels += [label] * len(points)
+            _add_points(prompts, groups, key, value, geom, label)
         return prompts, class_type, bool(names[self.GROUP_FIELD])
 
     def process(self, parameters, context, feedback):
