@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import os
 import shutil
 import tempfile
@@ -36,6 +35,7 @@ from ..infer.plan import PROB_NODATA, plan_tiles, processed_source
 from ..infer.runtime import runtime_choice
 from ..infer.segment import Options, Result, open_inputs
 from ..infer.segments import sieve
+from ..io.checksum import file_sha256
 from ..io.gdal_errors import engine_call
 from ..io.outputs import OutputSet
 from ..io.tiling import window_geotransform
@@ -119,8 +119,7 @@ def plan_job(inp, input_path: str, opts: Options, tmp: str, rep: Reporter) -> Bl
     # the batch is the workers' (their device's default unless BATCH_SIZE is given)
     plan = plan_tiles(inp, source, inp.tile, inp.overlap, int(opts.batch_size or 1), k)
     plan.smoothing = int(opts.smoothing)
-    with open(inp.model.path, "rb") as f:
-        sha = hashlib.sha256(f.read()).hexdigest()
+    sha = file_sha256(inp.model.path)
     suffix = os.path.splitext(inp.model.path)[1].lower() or ".pt"
     return BlockJob(plan, opts, sha, suffix, with_prob=inp.prob_dest is not None)
 

@@ -71,7 +71,8 @@ def open_model(path: str, device: str, runtime: str) -> ModelHandle:
         model = OnnxModel(path, device)
         return ModelHandle(path, model.meta, onnx=model)
     if runtime != "torch" and onnxruntime_available() and os.path.isfile(path):
-        from ..model.export import cached_meta, file_sha256
+        from ..io.checksum import file_sha256
+        from ..model.export import cached_meta
 
         sha = file_sha256(path)
         meta = cached_meta(sha)

@@ -14,7 +14,6 @@ model's metadata beside them, so a cached model is segmented without importing P
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -37,14 +36,6 @@ def cache_dir() -> str:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = os.path.join(base, "mapseg")
     return os.path.join(root, "onnx")
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _atomic_write(path: str, data: bytes) -> None:

@@ -16,6 +16,7 @@ import zipfile
 from typing import Any, Dict, Tuple
 
 from ..errors import MapSegError
+from ..io.checksum import file_sha256
 
 # (embed_dim, depth) -> official name and the global-attention blocks Meta's builder uses.
 VARIANTS = {(768, 12): "vit_b", (1024, 24): "vit_l", (1280, 32): "vit_h"}
@@ -265,16 +266,10 @@ _IDENTITIES: Dict[Tuple[str, int, int], Dict[str, Any]] = {}
 
 def checkpoint_identity(path: str) -> Dict[str, Any]:
     """``{"name", "size", "sha256"}`` of a checkpoint file (hashed once per file version)."""
-    import hashlib
-
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     if key not in _IDENTITIES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-        _IDENTITIES[key] = {"sha256": digest.hexdigest()}
+        _IDENTITIES[key] = {"sha256": file_sha256(path)}
     return {"name": os.path.basename(path), "size": st.st_size, **_IDENTITIES[key]}
 
 
