@@ -96,3 +96,21 @@ def test_label_free_is_refused_before_any_process_starts(scene, tmp_path):
     with pytest.raises(MapSegError, match="needs labels"):
         train_ddp(job, Reporter(), processes=2, device="cpu")
     assert not os.listdir(tmp_path)
+
+
+def test_train_model_cuda_ddp_without_gpus_is_a_clear_error(scene, tmp_path, provider):
+    """DEVICE cuda_ddp reaches the launcher through Train Model; with no GPU it says so."""
+    import torch
+    from conftest import run_alg
+    from qgis.core import QgsProcessingException
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: cuda_ddp would train")
+    _, src, labels = scene
+    params = {
+        "INPUT": [src], "LABELS": [labels], "DEVICE": "cuda_ddp", "EPOCHS": 1,
+        "OUTPUT_MODEL": str(tmp_path / "model.pt"),
+    }  # fmt: skip
+    with pytest.raises(QgsProcessingException, match="cuda_ddp needs CUDA GPUs"):
+        run_alg("trainmodel", params)
+    assert not os.listdir(tmp_path)
