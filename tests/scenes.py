@@ -5,6 +5,7 @@ keeps the log."""
 from __future__ import annotations
 
 import numpy as np
+from osgeo import ogr, osr
 
 #: The geotransform ``conftest.write_raster`` writes by default (10 m pixels in UTM 33N).
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
@@ -31,3 +32,23 @@ class Log:
         feedback.lines = []
         feedback.pushInfo = feedback.lines.append
         return feedback
+
+
+def points_file(path, truth: np.ndarray) -> str:
+    """A few clicked points per class (bright blobs, dark ground) with a text class field."""
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("points", srs, ogr.wkbPoint)
+    layer.CreateField(ogr.FieldDefn("kind", ogr.OFTString))
+    rng = np.random.default_rng(0)
+    for value, name in ((1, "bright"), (0, "dark")):
+        rows, cols = np.nonzero(truth == value)
+        for i in rng.choice(len(rows), size=6, replace=False):
+            x, y = GT[0] + (cols[i] + 0.5) * GT[1], GT[3] + (rows[i] + 0.5) * GT[5]
+            f = ogr.Feature(layer.GetLayerDefn())
+            f.SetGeometry(ogr.CreateGeometryFromWkt(f"POINT ({x} {y})"))
+            f.SetField("kind", name)
+            layer.CreateFeature(f)
+    ds = None
+    return str(path)

@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, SCREENSHOTS, write_raster
-from osgeo import ogr, osr
+from scenes import GT, points_file
 from segment_models import blobs
 
 QGIS, XVFB = shutil.which("qgis"), shutil.which("xvfb-run")
 PROFILE = ROOT / "build" / "qgis-profile"
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 ROWS = COLS = 96
 CLASS_NAMES = ["bright", "dark"]  # Pseudo-label From Points numbers text classes in this order
 SEGMENTS = 4
@@ -37,26 +36,6 @@ MODELS = {"DEM sinks to polygons", "Points to land-cover map"}
 pytestmark = pytest.mark.skipif(
     not (QGIS and XVFB), reason="needs the qgis and xvfb-run binaries (QGIS desktop under Xvfb)"
 )
-
-
-def points_file(path, truth: np.ndarray) -> str:
-    """A few clicked points per class (bright blobs, dark ground) with a text class field."""
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    layer = ds.CreateLayer("points", srs, ogr.wkbPoint)
-    layer.CreateField(ogr.FieldDefn("kind", ogr.OFTString))
-    rng = np.random.default_rng(0)
-    for value, name in ((1, "bright"), (0, "dark")):
-        rows, cols = np.nonzero(truth == value)
-        for i in rng.choice(len(rows), size=6, replace=False):
-            x, y = GT[0] + (cols[i] + 0.5) * GT[1], GT[3] + (rows[i] + 0.5) * GT[5]
-            f = ogr.Feature(layer.GetLayerDefn())
-            f.SetGeometry(ogr.CreateGeometryFromWkt(f"POINT ({x} {y})"))
-            f.SetField("kind", name)
-            layer.CreateFeature(f)
-    ds = None
-    return str(path)
 
 
 def plan(tmp_path, checkpoint) -> list[dict]:

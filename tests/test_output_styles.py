@@ -10,8 +10,8 @@ import re
 import numpy as np
 import pytest
 from conftest import CancelAfter, read_raster, run_alg, write_raster
+from scenes import GT, points_file
 from segment_models import CLASSES, blobs, random_model
-from test_desktop import GT, points_file
 
 ROWS = COLS = 64
 
