@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import qgis_process, read_raster, run_alg, write_raster
 from osgeo import gdal
+from scenes import GT
 from segment_models import blobs, regions
 
 from mapseg.core.io.raster import read_classes
 
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 # Deepness model made here: a per-pixel (1x1) network, so its classes are known exactly
 MEAN, STD = [0.2, 0.3, 0.4], [0.5, 0.6, 0.7]
 NAMES = {"0": "water", "1": "field", "2": "forest"}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import qgis_process_json, run_alg, sample_file, save_dialog_screenshot, write_raster
 from osgeo import gdal, ogr, osr
+from scenes import GT  # EPSG:32633, the conftest default
 
 ALG = "pseudolabelfrompoints"
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)  # EPSG:32633, the conftest default
 
 
 def scene(tmp_path, n: int = 120) -> str:

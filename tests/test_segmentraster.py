@@ -16,9 +16,8 @@ from conftest import (
     write_raster,
 )
 from osgeo import gdal
+from scenes import GT
 from segment_models import CLASSES, blobs, random_model, trained_model
-
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from conftest import qgis_process, qgis_process_json, read_raster, run_alg, write_raster
 from osgeo import gdal
+from scenes import GT
 from segment_models import regions, unsupervised_model
 
 from mapseg.core.model.clustering import agreement
-
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
 
 @pytest.fixture(scope="module")

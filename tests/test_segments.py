@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import read_raster, write_raster
 from osgeo import gdal
+from scenes import GT
 from segment_models import random_model, regions, unsupervised_model
 
 from mapseg.core.errors import MapSegError
@@ -19,7 +20,6 @@ from mapseg.core.io.raster import read_classes
 from mapseg.core.model.clustering import agreement
 from mapseg.core.progress import Reporter
 
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 ROWS, COLS = 96, 144
 # Measured with this random tiny net (seed 3) and scene: ARI 0.82 at full resolution, 0.68 at
 # medium (more of the smaller grid lies at the border, where an untrained net is erratic); a

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from conftest import sample_file, write_raster
 from osgeo import gdal, ogr
+from scenes import GT
 
 from mapseg.core.errors import MapSegError
 from mapseg.core.labels import pseudolabel as spx
-
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
 
 def xy(col: float, row: float):

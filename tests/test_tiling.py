@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import read_raster, write_raster
 from osgeo import gdal
+from scenes import GT
 from segment_models import random_model
 
 from mapseg.core.errors import MapSegError
@@ -21,8 +22,6 @@ from mapseg.core.io.tiling import (
     extent_window,
 )
 from mapseg.core.progress import Reporter
-
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
 
 @pytest.fixture(scope="module")
