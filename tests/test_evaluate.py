@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import write_raster
 from osgeo import gdal, ogr, osr
+from scenes import GT
 from sklearn.metrics import (
     accuracy_score,
     cohen_kappa_score,
@@ -19,8 +20,6 @@ from sklearn.metrics import (
 from mapseg.core.errors import CanceledError, MapSegError
 from mapseg.core.evaluate.evaluation import evaluate_segmentation, parse_ignore
 from mapseg.core.progress import Reporter
-
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
 
 def random_maps(shape=(37, 53), seed=0):

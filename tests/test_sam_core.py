@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import build_tiny_sam, write_raster
 from osgeo import ogr
+from scenes import GT
 
 from mapseg.core.errors import MapSegError
 from mapseg.core.progress import Reporter
@@ -15,8 +16,6 @@ from mapseg.core.sam.finetune import balanced_weights, object_fractions
 from mapseg.core.sam.image import ImageSource, make_grid, mask_to_geometry
 from mapseg.core.sam.prompts import Prompt, plan_windows, prompt_extent, segment_with_prompts
 from mapseg.core.sam.windows import Merger, part_from_window, tile
-
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
 
 def to_map(col: float, row: float):

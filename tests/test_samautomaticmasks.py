@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from conftest import CancelAfter, qgis_process_json, run_alg, save_dialog_screenshot
 from osgeo import ogr, osr
+from scenes import GT
 
 from mapseg.core.progress import Reporter
 from mapseg.core.sam.auto import automatic_masks
 from mapseg.core.sam.checkpoint import load_sam
 
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 FIELDS = ["mask_id", "pred_iou", "stability", "area", "windows"]
 # Thresholds at 0: a random tiny SAM has no confident masks, and we want some to check.
 LOOSE = {"POINTS_PER_SIDE": 4, "PRED_IOU_THRESH": 0.0, "STABILITY_THRESH": 0.0}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import qgis_process_json, read_raster, run_alg, save_dialog_screenshot
 from osgeo import gdal, ogr, osr
+from scenes import GT
 
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 WINDOW_M = 256 * 10.0  # the tiny SAM sees 256 pixels; the raster has 10 m pixels
 
 
