@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 from ..errors import MapSegError
@@ -256,9 +257,7 @@ def run_rank(config: dict, reporter: Reporter) -> str:
         return job.output if group.main else ""
     finally:
         dist.destroy_process_group()
-        for name in os.listdir(scratch):
-            os.remove(os.path.join(scratch, name))
-        os.rmdir(scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _check_labels(job) -> None:
