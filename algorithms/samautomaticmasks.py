@@ -3,40 +3,31 @@
 from __future__ import annotations
 
 from . import params as P
-from .base import MapSegAlgorithm
-from .segmentwithsam import load_sam, processing_pixel_size, sam_inputs
+from .sam_base import SamAlgorithm
 
 
-class SamAutomaticMasks(MapSegAlgorithm):
+class SamAutomaticMasks(SamAlgorithm):
     NAME = "samautomaticmasks"
     DISPLAY = "SAM Automatic Masks"
-    GROUP = "Segment Anything"
-    REQUIRES = ("torch", "torchvision", "segment_anything")
 
-    INPUT = "INPUT"
-    CHECKPOINT = "CHECKPOINT"
-    BANDS = "BANDS"
-    DEVICE = "DEVICE"
     POINTS_PER_SIDE = "POINTS_PER_SIDE"
     PRED_IOU_THRESH = "PRED_IOU_THRESH"
     STABILITY_THRESH = "STABILITY_THRESH"
     MIN_AREA = "MIN_AREA"
-    PROCESSING_PIXEL_SIZE = "PROCESSING_PIXEL_SIZE"
     OVERLAP = "OVERLAP"
     POINTS_PER_BATCH = "POINTS_PER_BATCH"
-    OUTPUT = "OUTPUT"
 
     def parameters(self) -> list:
         return [
             P.raster(self.INPUT, "Input raster"),
-            *sam_inputs(self),
+            *self.sam_inputs(),
             P.integer(self.POINTS_PER_SIDE, "Point prompts per window side", 32, 1, 128),
             P.double(self.PRED_IOU_THRESH, "Minimum predicted IoU (0-1)", 0.88, 0.0, 1.0),
             P.double(self.STABILITY_THRESH, "Minimum stability score (0-1)", 0.95, 0.0, 1.0),
             P.double(
                 self.MIN_AREA, "Minimum mask area in map units (0: keep all)", 0.0, minimum=0.0
             ),
-            processing_pixel_size(self),
+            self.processing_pixel_size(),
             P.advanced(
                 P.integer(
                     self.OVERLAP,
@@ -59,7 +50,7 @@ class SamAutomaticMasks(MapSegAlgorithm):
         from ..core.sam.auto import automatic_masks
 
         source = self.raster_source(parameters, self.INPUT, context)
-        sam, _ = load_sam(self, parameters, context, feedback, self.CHECKPOINT, self.DEVICE)
+        sam, _ = self.load_sam(parameters, context, feedback)
         output, layer_name = split_destination(
             self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         )

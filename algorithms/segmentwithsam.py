@@ -12,52 +12,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from . import params as P
-from .base import MapSegAlgorithm
-
-
-def sam_inputs(alg) -> list:
-    """The checkpoint, RGB band and device parameters both SAM algorithms share."""
-    return [
-        P.file_in(
-            alg.CHECKPOINT,
-            "Segment Anything checkpoint (.pth)",
-            "SAM checkpoint (*.pth *.pt);;All files (*)",
-            optional=False,
-        ),
-        P.band(alg.BANDS, "Bands used as red, green, blue (empty: 1, 2, 3)", alg.INPUT, True),
-        P.device(alg.DEVICE),
-    ]
-
-
-def processing_pixel_size(alg):
-    return P.advanced(
-        P.double(
-            alg.PROCESSING_PIXEL_SIZE,
-            "Processing pixel size in map units (0: the raster's)",
-            0.0,
-            minimum=0.0,
-            optional=True,
-        )
-    )
-
-
-def load_sam(alg, parameters, context, feedback, checkpoint_name, device_name, model_name=None):
-    """(sam, config) on the chosen device, with a log line naming the encoder found; with a
-    fine-tuned model (``model_name`` given and set), its mask decoder replaces SAM's own."""
-    from ..core.model.device import resolve_device
-    from ..core.sam.checkpoint import describe, load_sam
-    from ..core.sam.finetune import load_finetuned_sam
-
-    device = resolve_device(alg.choice(parameters, device_name, context))
-    path = alg.parameterAsFile(parameters, checkpoint_name, context)
-    model = alg.parameterAsFile(parameters, model_name, context) if model_name else ""
-    if model:
-        sam, config = load_finetuned_sam(model, path, device)
-        feedback.pushInfo(f"The mask decoder fine-tuned in {model}.")
-    else:
-        sam, config = load_sam(path, device)
-    feedback.pushInfo(f"{describe(config)}, on {device}.")
-    return sam, config
+from .sam_base import SamAlgorithm
 
 
 def ogr_type(field) -> int:
@@ -118,23 +73,15 @@ def _add_points(prompts: list, groups: dict, key, value, geom, label: int) -> No
     prompt.labels += [label] * len(points)
 
 
-class SegmentWithSam(MapSegAlgorithm):
+class SegmentWithSam(SamAlgorithm):
     NAME = "segmentwithsam"
     DISPLAY = "Segment With SAM"
-    GROUP = "Segment Anything"
-    REQUIRES = ("torch", "torchvision", "segment_anything")
 
-    INPUT = "INPUT"
     PROMPTS = "PROMPTS"
     LABEL_FIELD = "LABEL_FIELD"
     GROUP_FIELD = "GROUP_FIELD"
     CLASS_FIELD = "CLASS_FIELD"
-    CHECKPOINT = "CHECKPOINT"
     MODEL = "MODEL"
-    BANDS = "BANDS"
-    DEVICE = "DEVICE"
-    PROCESSING_PIXEL_SIZE = "PROCESSING_PIXEL_SIZE"
-    OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
 
     def parameters(self) -> list:
@@ -148,13 +95,13 @@ class SegmentWithSam(MapSegAlgorithm):
             ),
             P.field(self.GROUP_FIELD, "Group field (one prompt per value)", self.PROMPTS),
             P.field(self.CLASS_FIELD, "Class field (copied to the output)", self.PROMPTS),
-            *sam_inputs(self),
+            *self.sam_inputs(),
             P.file_in(
                 self.MODEL,
                 "Fine-tuned SAM model (.pt from Train Model; empty: the checkpoint's decoder)",
                 "MapSeg model (*.pt)",
             ),
-            processing_pixel_size(self),
+            self.processing_pixel_size(),
             P.polygons_out(self.OUTPUT, "SAM masks"),
             P.raster_out(
                 self.OUTPUT_RASTER, "Mask raster (prompt ids on the input grid)", optional=True
@@ -215,9 +162,7 @@ class SegmentWithSam(MapSegAlgorithm):
         prompts, class_type, grouped = self.prompts(parameters, context, feedback, layer.crs())
         if not prompts:
             raise QgsProcessingException("The prompt layer has no feature to segment.")
-        sam, _ = load_sam(
-            self, parameters, context, feedback, self.CHECKPOINT, self.DEVICE, self.MODEL
-        )
+        sam, _ = self.load_sam(parameters, context, feedback, self.MODEL)
         output, layer_name = split_destination(
             self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         )
