@@ -171,6 +171,20 @@ class PseudolabelFromPoints(MapSegAlgorithm):
         )
         outside = result["points_outside"] + failed
         summary = class_summary(result, names)
+        self._log(feedback, result, summary, outside)
+        return {
+            self.OUTPUT: dest,
+            self.OUTPUT_SUPERPIXELS: sp_dest,
+            "POINTS_USED": result["points_used"],
+            "POINTS_OUTSIDE": outside,
+            "POINTS_ON_NODATA": result["points_on_nodata"],
+            "CONFLICTING_SUPERPIXELS": result["conflicting_superpixels"],
+            "LABELLED_FRACTION": result["labelled_fraction"],
+            "CLASS_SUMMARY": json.dumps(summary),
+        }
+
+    @staticmethod
+    def _log(feedback, result: dict, summary: list, outside: int) -> None:
         for c in summary:
             feedback.pushInfo(
                 f"Class {c['value']} '{c['name']}': {c['points']} points, {c['pixels']} pixels "
@@ -185,13 +199,3 @@ class PseudolabelFromPoints(MapSegAlgorithm):
             f"{result['nodata']} = unlabelled); {result['pixels_segmented']} pixels segmented "
             f"in {result['windows']} window(s)."
         )
-        return {
-            self.OUTPUT: dest,
-            self.OUTPUT_SUPERPIXELS: sp_dest,
-            "POINTS_USED": result["points_used"],
-            "POINTS_OUTSIDE": outside,
-            "POINTS_ON_NODATA": result["points_on_nodata"],
-            "CONFLICTING_SUPERPIXELS": result["conflicting_superpixels"],
-            "LABELLED_FRACTION": result["labelled_fraction"],
-            "CLASS_SUMMARY": json.dumps(summary),
-        }
