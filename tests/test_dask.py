@@ -10,16 +10,17 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import ROOT, CancelAfter, qgis_process, run_alg, write_raster
 from osgeo import gdal
+from scenes import GT
 from segment_models import blobs, random_model
 
 pytest.importorskip("distributed")
 
-GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 BLOCK = "256"  # several blocks on rasters of a few hundred pixels
 VENV_BIN = ROOT / ".venv" / "bin"
 LIFETIME = "10 minutes"  # workers and scheduler stop by themselves if teardown never runs
@@ -153,6 +154,9 @@ def assert_identical(a: str, b: str) -> None:
             tb.GetColorEntry(i) for i in range(tb.GetCount())
         ]
     assert np.array_equal(ba.ReadAsArray(), bb.ReadAsArray())
+    # the same default style beside each file (classes listed, or the ramp over the range)
+    qa, qb = Path(a).with_suffix(".qml"), Path(b).with_suffix(".qml")
+    assert qa.exists() and qb.exists() and qa.read_text() == qb.read_text()
 
 
 @pytest.fixture(scope="module")

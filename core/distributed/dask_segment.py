@@ -38,6 +38,7 @@ from ..infer.segments import sieve
 from ..io.checksum import file_sha256
 from ..io.gdal_errors import engine_call
 from ..io.outputs import OutputSet
+from ..io.styled_outputs import style_classes, style_range
 from ..io.tiling import window_geotransform
 from ..progress import Reporter
 from .blocks import BlockJob, BlockResult, block_windows, fit_on_worker, segment_block
@@ -223,6 +224,10 @@ def write_blocks(client, job: BlockJob, model, inp, cluster: Cluster, rep: Repor
         counts = run_blocks(client, job, model, outs, cluster, blocks_rep)
         if sieving:
             sieve(outs[0], plan.smoothing, rep.sub(0.9, 1.0))
+        # the same default styles as a local run: exactly the classes, a ramp over the range
+        style_classes(outs[0], plan.values, plan.color_table, plan.category_names)
+        if len(outs) > 1:
+            style_range(outs[1])
         outputs.commit(rep)
     return counts
 
