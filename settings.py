@@ -18,9 +18,11 @@ from pathlib import Path
 from qgis.core import QgsApplication, QgsSettings
 from qgis.PyQt.QtCore import QCoreApplication
 
+from .core.model.device import DEVICES as CORE_DEVICES
+
 GROUP = "MapSeg"
 PREFIX = "MAPSEG_"
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = tuple(CORE_DEVICES)  # the choices of every DEVICE parameter
 # Overrides the dependency folder (servers, tests): `python -m mapseg.install --target DIR`.
 PACKAGES_ENV = "MAPSEG_PACKAGES"
 
