@@ -9,24 +9,13 @@ import numpy as np
 import pytest
 from conftest import read_raster, run_alg, write_raster
 from osgeo import gdal
+from scenes import Log
 from segment_models import regions, utm_wkt
 
 from mapseg.core.model.clustering import agreement
 
 ROWS, COLS, K = 48, 72, 3
 NODATA = 255  # Segment Raster's class nodata for up to 255 segments
-
-
-class Log:
-    """A QgsProcessingFeedback that keeps the info lines."""
-
-    def __new__(cls):
-        from qgis.core import QgsProcessingFeedback
-
-        fb = QgsProcessingFeedback()
-        fb.lines = []
-        fb.pushInfo = fb.lines.append
-        return fb
 
 
 def segment(tmp_path, name: str, path: str, feedback=None, **params) -> np.ndarray:

@@ -472,7 +472,6 @@ def probe_algorithm():
 
 
 def test_dialog_installs_enables_the_algorithm_without_restart_and_removes(qgis_app, tmp_path):
-    from mapseg.gui.install_dialog import InstallDialog
     from mapseg.install.folder import deactivate
 
     wheels = tmp_path / "wheels"
@@ -483,12 +482,7 @@ def test_dialog_installs_enables_the_algorithm_without_restart_and_removes(qgis_
     ok, message = alg.canExecute()
     assert not ok and 'href="mapseg:install"' in message and "mapseg_probe" in message
 
-    dialog = InstallDialog(
-        target=folder,
-        packages=["mapseg_probe"],
-        modules=("mapseg_probe",),
-        pip_args=["--no-index", f"--find-links={wheels}"],
-    )
+    dialog = probe_dialog(folder, wheels)
     ready = []
     dialog.install_finished.connect(ready.append)
     dialog.show()
@@ -592,7 +586,6 @@ def test_the_algorithm_message_link_and_the_menu_open_the_installer(qgis_app, qg
 
 
 def test_dialog_says_restart_when_an_older_copy_is_already_loaded(qgis_app, tmp_path):
-    from mapseg.gui.install_dialog import InstallDialog
     from mapseg.install.folder import deactivate
 
     wheels, elsewhere = tmp_path / "wheels", tmp_path / "elsewhere"
@@ -605,12 +598,7 @@ def test_dialog_says_restart_when_an_older_copy_is_already_loaded(qgis_app, tmp_
 
     assert mapseg_probe.VALUE == 1
     folder = folder_for(tmp_path / "root")
-    dialog = InstallDialog(
-        target=folder,
-        packages=["mapseg_probe"],
-        modules=("mapseg_probe",),
-        pip_args=["--no-index", f"--find-links={wheels}"],
-    )
+    dialog = probe_dialog(folder, wheels)
     ready = []
     dialog.install_finished.connect(ready.append)
     try:
@@ -625,3 +613,15 @@ def test_dialog_says_restart_when_an_older_copy_is_already_loaded(qgis_app, tmp_
         deactivate(folder)
         sys.path.remove(str(elsewhere))
         sys.modules.pop("mapseg_probe", None)
+
+
+def probe_dialog(folder, wheels):
+    """The installer dialog set to install the test's probe package from local wheels only."""
+    from mapseg.gui.install_dialog import InstallDialog
+
+    return InstallDialog(
+        target=folder,
+        packages=["mapseg_probe"],
+        modules=("mapseg_probe",),
+        pip_args=["--no-index", f"--find-links={wheels}"],
+    )
