@@ -214,6 +214,11 @@ class MapSegAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(
                 f"The raster given for {name} could not be loaded. Check the path or layer."
             )
+        return self.gdal_path(layer)
+
+    @staticmethod
+    def gdal_path(layer) -> str:
+        """A raster layer's source for GDAL; layers of other providers are refused clearly."""
         if layer.providerType() != "gdal":
             raise QgsProcessingException(
                 f"The layer '{layer.name()}' comes from the '{layer.providerType()}' provider; "

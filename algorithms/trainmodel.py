@@ -114,15 +114,8 @@ class TrainModel(MapSegAlgorithm):
         ]
 
     def _raster_paths(self, parameters, name, context) -> list:
-        paths = []
-        for layer in self.parameterAsLayerList(parameters, name, context) or []:
-            if layer.providerType() != "gdal":
-                raise QgsProcessingException(
-                    f"The layer '{layer.name()}' comes from the '{layer.providerType()}' "
-                    "provider; MapSeg reads rasters through GDAL. Save it as a GeoTIFF first."
-                )
-            paths.append(layer.source())
-        return paths
+        layers = self.parameterAsLayerList(parameters, name, context) or []
+        return [self.gdal_path(layer) for layer in layers]
 
     def _device(self):
         """auto, cpu, cuda, and cuda_ddp: every CUDA GPU, one training process each."""
