@@ -129,3 +129,44 @@ def test_too_small_tile_size_is_refused(scene, tmp_path):
     with pytest.raises(MapSegError, match="TILE_SIZE 8 is too small"):
         train_model(job, Reporter())
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_default_tile_shrinks_to_the_labelled_area(scene, tmp_path):
+    """A 192-px labelled scene holds 4 tiles of 128 px and 9 of 64: the CPU default (128) is
+    halved to 32 px (36 tiles), said in the log and recorded; a given TILE_SIZE is kept."""
+    log = []
+    job = TrainJob(
+        images=[scene["img_path"]],
+        label_rasters=[scene["lab_path"]],
+        output=str(tmp_path / "auto.pt"),
+        arch_kwargs={"base_width": 4},
+        fit=FitConfig(epochs=1, batch_size=4, device="cpu"),
+    )
+    meta = train_model(job, Reporter(log=log.append))
+    assert meta["tile_size"] == 32
+    assert any(m.startswith("Tile size 32 px: the labelled area") for m in log), log
+    assert any("Tile size 32 px" in n for n in meta["training"]["defaults"])
+    given = train_model(
+        TrainJob(**{**job.__dict__, "tile_size": 64, "output": str(tmp_path / "given.pt")}),
+        Reporter(),
+    )
+    assert given["tile_size"] == 64
+
+
+def test_default_tile_follows_the_labels_not_the_raster(tmp_path):
+    """Labels on a 150-px corner of a 1024-px raster: 32-px windows; the same labels over the
+    whole raster (64 tiles of 128 px): the device default is kept."""
+    from mapseg.core.train.job import _tile_for_labels
+
+    img = np.zeros((1, 1024, 1024), np.float32)
+    img[0, ::7] = 1.0
+    image = gdal.Open(write_raster(tmp_path / "big.tif", img))
+    corner = np.zeros((1024, 1024), np.uint8)
+    corner[:150, :150] = 1
+    corner[:150, :60] = 2
+    whole = np.where(np.indices((1024, 1024))[1] % 256 < 128, 1, 2).astype(np.uint8)
+    for labels, expected in ((corner, 32), (whole, 128)):
+        path = write_raster(tmp_path / f"lab{expected}.tif", labels, nodata=0)
+        layers = [lab.label_raster(path, image, 255, Reporter())]
+        job = TrainJob(images=[image.GetDescription()], output="x.pt", tile_size=128)
+        assert _tile_for_labels(job, [image], layers, Reporter()).tile_size == expected

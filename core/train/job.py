@@ -31,6 +31,10 @@ from .losses import class_weights
 from .schedule import seed_everything
 from .windows import RandomWindows, steps_per_epoch
 
+# A device-default tile size is halved until the labelled area holds this many grid tiles.
+MIN_LABELLED_TILES = 32
+SMALLEST_AUTO_TILE = 32
+
 
 @dataclass
 class TrainJob:
@@ -264,11 +268,39 @@ def _with_device_defaults(job: TrainJob, reporter: Reporter) -> TrainJob:
                    notes=chosen.notes)  # fmt: skip
 
 
+def _grid_tiles(images, layers, tile: int) -> int:
+    return len(scan_tiles(images, layers, tile, Reporter()))
+
+
+def _tile_for_labels(job: TrainJob, images, layers, reporter: Reporter) -> TrainJob:
+    """The job with its device-default tile size halved (down to ``SMALLEST_AUTO_TILE``) until
+    the labelled area holds ``MIN_LABELLED_TILES`` grid tiles.
+
+    A small labelled area cut into a few large tiles leaves one or two validation tiles, drops
+    the training tiles that touch them and gives random windows few distinct positions. On the
+    North Carolina benchmark (244 x 443 labelled px, 8 tiles of 128 px) 128-px windows scored
+    0.141 mIoU on the unseen half, 64-px 0.214 and 32-px 0.221."""
+    tile = job.tile_size
+    while (
+        tile // 2 >= SMALLEST_AUTO_TILE and _grid_tiles(images, layers, tile) < MIN_LABELLED_TILES
+    ):
+        tile //= 2
+    if tile == job.tile_size:
+        return job
+    note = (
+        f"Tile size {tile} px: the labelled area holds too few {job.tile_size}-px tiles for "
+        "spatial validation blocks and varied random windows (set TILE_SIZE to override)."
+    )
+    reporter.info(note)
+    return replace(job, tile_size=tile, notes=[*job.notes, note])
+
+
 @engine_call
 def train_model(job: TrainJob, reporter: Reporter) -> dict:
     """Train, save the model file at ``job.output`` and return its metadata."""
     output = check_destination(job.output, list(job.images))
     images = open_images(job.images)
+    auto_tile = not job.tile_size and job.architecture != "sam"
     job = _with_device_defaults(job, reporter)
     if not job.label_rasters and not job.polygons:  # no labels: label-free (self-supervised)
         from .labelfree import train_from_job
@@ -282,6 +314,8 @@ def train_model(job: TrainJob, reporter: Reporter) -> dict:
     layers: list = []
     try:
         layers = label_layers(job, images, given, workdir, reporter)
+        if auto_tile:
+            job = _tile_for_labels(job, images, layers, reporter)
         tiles, classes = _labelled_tiles(job, images, layers, given, init_meta, reporter)
         stats = _normalisation(job, images, init_meta, reporter)
         data = _tile_sets(job, images, layers, tiles, classes, stats, reporter)
