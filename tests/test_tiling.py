@@ -396,3 +396,19 @@ def test_pixel_size_far_from_the_model_warns_and_resamples(tmp_path):
     )
     segment(geo, model, tmp_path / "geo_out.tif", reporter=Reporter(warn=logs.append))
     assert logs == []
+
+
+def test_resampling_to_a_coarser_model_covers_the_last_columns_and_rows(tmp_path):
+    """104 px of 1 m under a 10 m model: GDAL's rounded 10 x 10 grid stopped at 100 m and left
+    the last 4 columns and rows nodata; the grid now covers the raster (11 x 11 pixels)."""
+    model = random_model(tmp_path / "m.pt", pixel_size=10.0, tile=32)
+    fine = (500000.0, 1.0, 0.0, 4000000.0, 0.0, -1.0)
+    src = write_raster(tmp_path / "in.tif", image(104, 104, seed=4), geotransform=fine)
+    res = segment(src, model, tmp_path / "res.tif", resample_to_model=True)
+    out = gdal.Open(res.output).ReadAsArray()
+    assert out.shape == (104, 104)
+    assert not (out == 255).any(), np.argwhere(out == 255)[:3]
+    assert set(np.unique(out)) <= {3, 7}
+    # every 10 x 10 block holds one class: nearest neighbour from the 10 m result
+    blocks = [out[r : r + 10, c : c + 10] for r in range(0, 100, 10) for c in range(0, 100, 10)]
+    assert all(len(np.unique(b)) == 1 for b in blocks)

@@ -104,7 +104,12 @@ def warp_to_model(
         ys = [gt[3] + c * gt[4] + r * gt[5] for c, r in pts]
         return min(xs), min(ys), max(xs), max(ys)
 
-    bounds = corners((0, 0, info.width, info.height))
+    left, bottom, right, top = corners((0, 0, info.width, info.height))
+    # Whole target pixels covering the raster: GDAL rounds the size to the nearest pixel, so a
+    # grid that stops short of the raster's edge left its last columns or rows nodata.
+    cols = math.ceil((right - left) / target[0] - 1e-6)
+    rows = math.ceil((top - bottom) / target[1] - 1e-6)
+    bounds = (left, top - rows * target[1], left + cols * target[0], top)
     downsampling = target[0] > info.pixel_size[0]
     path = os.path.join(folder, "input_at_model_resolution.vrt")
     vrt = warp_vrt(  # a mask (e.g. an RGBA orthophoto's alpha, masks.py) stays a mask
