@@ -11,7 +11,8 @@ same images 1-6, in the same run. Parts (``--parts``):
 - ``curve``: U-Net after each of ``--curve`` minutes (plus the main run), drawn to a PNG;
 - ``building``: building vs the rest (OBJECT_CLASS) for ``--arch-minutes``: building IoU;
 - ``points``: ``--points`` random labelled pixels per training image through Pseudo-label From
-  Points (SLIC), then the same U-Net run as on the full masks.
+  Points (SLIC, each of ``--sizes`` px; 20 is the algorithm's default), then the same U-Net
+  run as on the full masks.
 
 Usage: ``.venv/bin/python bench/quality_dubai.py [--minutes 5] [--parts multiclass,curve]``
 """
@@ -188,21 +189,27 @@ def part_building(tiles, test, tmp, args, results, values) -> None:
 
 
 def part_points(tiles, test, tmp, args, results, values) -> None:
+    """The same random points through Pseudo-label From Points at each superpixel size."""
     rng = np.random.default_rng(args.seed)
-    labels, used = [], 0
-    for i, t in enumerate(tiles[:6]):
+    picks = []
+    for t in tiles[:6]:
         rows, cols = np.nonzero(t[4])
         pick = rng.choice(rows.size, size=args.points, replace=False)
-        r, c = rows[pick], cols[pick]
-        dest = str(tmp / f"pseudo{i + 1}.tif")
-        counts = pseudo_label(t[0], c + 0.5, -(r + 0.5), t[3][r, c], dest, method="slic", size=20)
-        used += counts["points_used"]
-        labels.append(dest)
-    print(f"  pseudo-labels from {used} points", flush=True)
-    out = str(tmp / "points.pt")
-    meta, sec = train(tiles[:6], labels, out, "unet", args.arch_minutes, args)
-    run_row(results, f"unet from {args.points} points/image {args.arch_minutes:g} min", meta,
-            sec, score_model(out, test, values, args.device))  # fmt: skip
+        picks.append((rows[pick], cols[pick]))
+    for size in args.sizes:
+        labels, used = [], 0
+        for i, (t, (r, c)) in enumerate(zip(tiles[:6], picks)):
+            dest = str(tmp / f"pseudo{i + 1}_{size}.tif")
+            counts = pseudo_label(
+                t[0], c + 0.5, -(r + 0.5), t[3][r, c], dest, method="slic", size=size
+            )
+            used += counts["points_used"]
+            labels.append(dest)
+        print(f"  pseudo-labels from {used} points, SLIC {size} px", flush=True)
+        out = str(tmp / f"points{size}.pt")
+        meta, sec = train(tiles[:6], labels, out, "unet", args.arch_minutes, args)
+        name = f"unet from {args.points} points/image, SLIC {size} px, {args.arch_minutes:g} min"
+        run_row(results, name, meta, sec, score_model(out, test, values, args.device))
 
 
 def draw_curve(results, path: str) -> None:
@@ -242,6 +249,7 @@ def main() -> int:
     p.add_argument("--archs", default="deeplabv3,fcn,refinenet")
     p.add_argument("--curve", default="1,2")
     p.add_argument("--points", type=int, default=40)
+    p.add_argument("--sizes", default="20", help="superpixel sizes (px) for the points part")
     p.add_argument("--parts", default="multiclass,curve,building,points")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -252,6 +260,7 @@ def main() -> int:
     args = p.parse_args()
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     args.curve = [float(m) for m in args.curve.split(",") if m.strip()]
+    args.sizes = [int(m) for m in args.sizes.split(",") if m.strip()]
     if not DUBAI.exists():
         print(f"{DUBAI} not found: skipped")
         return 0
