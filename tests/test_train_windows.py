@@ -170,3 +170,30 @@ def test_default_tile_follows_the_labels_not_the_raster(tmp_path):
         layers = [lab.label_raster(path, image, 255, Reporter())]
         job = TrainJob(images=[image.GetDescription()], output="x.pt", tile_size=128)
         assert _tile_for_labels(job, [image], layers, Reporter()).tile_size == expected
+
+
+def test_scan_finds_exactly_the_labelled_grid_tiles(tmp_path):
+    """Sparse labels (two patches, one on the shifted last column and row) on a 1000 x 700
+    raster with a nodata corner: the scan keeps exactly the grid tiles holding a labelled pixel
+    on image data, with their counts."""
+    from mapseg.core.io.tiling import axis_starts
+
+    img = np.full((1, 700, 1000), 50, np.float32)
+    img[0, 600:, 950:] = -1  # nodata under part of the second patch
+    labels = np.zeros((700, 1000), np.uint8)
+    labels[10:20, 130:140] = 1
+    labels[590:700, 900:1000] = 2
+    image = gdal.Open(write_raster(tmp_path / "i.tif", img, nodata=-1))
+    path = write_raster(tmp_path / "l.tif", labels, nodata=0)
+    layers = [lab.label_raster(path, image, 255, Reporter())]
+    found = {(t.x, t.y): t.values for t in scan_tiles([image], layers, 64, Reporter())}
+    usable = np.where(img[0] == -1, 0, labels)
+    expected = {}
+    for y in axis_starts(700, 64):
+        for x in axis_starts(1000, 64):
+            vals, counts = np.unique(usable[y : y + 64, x : x + 64], return_counts=True)
+            got = {int(v): int(c) for v, c in zip(vals, counts) if v}
+            if got:
+                expected[x, y] = got
+    assert found == expected
+    assert len(found) == 5

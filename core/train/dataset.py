@@ -60,24 +60,30 @@ def scan_tiles(
 ) -> List[Tile]:
     """Every grid tile with at least one labelled pixel on image data, with its label value
     counts. Labels on image nodata count nowhere: the reader masks them out, so a tile holding
-    only those would give batches without a labelled pixel (a NaN loss)."""
-    grid, rng = [], np.random.default_rng(0)
-    for r, ds in enumerate(images):
-        for row, y in enumerate(axis_starts(ds.RasterYSize, tile_size)):
-            for col, x in enumerate(axis_starts(ds.RasterXSize, tile_size)):
-                w, h = min(tile_size, ds.RasterXSize), min(tile_size, ds.RasterYSize)
-                grid.append(Tile(r, x, y, w, h, col, row))
-    tiles = []
-    for i, t in enumerate(grid):
-        lab = labels[t.raster].dataset.GetRasterBand(1).ReadAsArray(t.x, t.y, t.w, t.h)
-        keep = label_values(lab, labels[t.raster].unlabelled)
-        if keep.any():
-            keep &= _image_valid(images[t.raster], t)
-        if keep.any():
-            _count_labels(t, np.rint(lab).astype(np.int64), keep, rng)
-            tiles.append(t)
-        if i % 16 == 0:
-            reporter.fraction((i + 1) / len(grid))
+    only those would give batches without a labelled pixel (a NaN loss).
+
+    Labels are read one strip of tiles at a time and tiles without a label are skipped before
+    any per-tile work, so a large raster with a small labelled area scans quickly at any tile
+    size."""
+    rows = [(r, row, y) for r, ds in enumerate(images)
+            for row, y in enumerate(axis_starts(ds.RasterYSize, tile_size))]  # fmt: skip
+    tiles, rng = [], np.random.default_rng(0)
+    for i, (r, row, y) in enumerate(rows):
+        ds, layer = images[r], labels[r]
+        w, h = min(tile_size, ds.RasterXSize), min(tile_size, ds.RasterYSize)
+        strip = layer.dataset.GetRasterBand(1).ReadAsArray(0, y, ds.RasterXSize, h)
+        labelled = label_values(strip, layer.unlabelled)
+        # labelled pixels left of each column: a tile's count is a difference of two
+        before = np.concatenate([[0], np.cumsum(labelled.any(axis=0))])
+        for col, x in enumerate(axis_starts(ds.RasterXSize, tile_size)):
+            if before[x + w] == before[x]:
+                continue
+            t = Tile(r, x, y, w, h, col, row)
+            keep = labelled[:, x : x + w] & _image_valid(ds, t)
+            if keep.any():
+                _count_labels(t, np.rint(strip[:, x : x + w]).astype(np.int64), keep, rng)
+                tiles.append(t)
+        reporter.fraction((i + 1) / len(rows))
     return tiles
 
 
