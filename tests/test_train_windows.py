@@ -156,7 +156,7 @@ def test_default_tile_shrinks_to_the_labelled_area(scene, tmp_path):
 def test_default_tile_follows_the_labels_not_the_raster(tmp_path):
     """Labels on a 150-px corner of a 1024-px raster: 32-px windows; the same labels over the
     whole raster (64 tiles of 128 px): the device default is kept."""
-    from mapseg.core.train.job import _tile_for_labels
+    from mapseg.core.train.job import _scan_labels
 
     img = np.zeros((1, 1024, 1024), np.float32)
     img[0, ::7] = 1.0
@@ -169,7 +169,10 @@ def test_default_tile_follows_the_labels_not_the_raster(tmp_path):
         path = write_raster(tmp_path / f"lab{expected}.tif", labels, nodata=0)
         layers = [lab.label_raster(path, image, 255, Reporter())]
         job = TrainJob(images=[image.GetDescription()], output="x.pt", tile_size=128)
-        assert _tile_for_labels(job, [image], layers, Reporter()).tile_size == expected
+        chosen, tiles = _scan_labels(job, [image], layers, True, Reporter())
+        assert chosen.tile_size == expected
+        again = scan_tiles([image], layers, expected, Reporter())
+        assert [(t.x, t.y, t.values) for t in tiles] == [(t.x, t.y, t.values) for t in again]
 
 
 def test_scan_finds_exactly_the_labelled_grid_tiles(tmp_path):

@@ -86,9 +86,8 @@ def _load_init(job: TrainJob, bands: int) -> tuple:
     return init_meta, init_state
 
 
-def _labelled_tiles(job, images, layers, given, init_meta, reporter) -> tuple:
-    """(grid tiles holding a labelled pixel of a model class, the class table)."""
-    tiles = scan_tiles(images, layers, job.tile_size, reporter.sub(0.0, 0.05))
+def _labelled_tiles(job, tiles, layers, given, init_meta, reporter) -> tuple:
+    """(the scanned ``tiles`` holding a labelled pixel of a model class, the class table)."""
     if not tiles:
         raise MapSegError(
             "No labelled pixel falls on the input rasters (labels are all nodata or the "
@@ -268,31 +267,28 @@ def _with_device_defaults(job: TrainJob, reporter: Reporter) -> TrainJob:
                    notes=chosen.notes)  # fmt: skip
 
 
-def _grid_tiles(images, layers, tile: int) -> int:
-    return len(scan_tiles(images, layers, tile, Reporter()))
-
-
-def _tile_for_labels(job: TrainJob, images, layers, reporter: Reporter) -> TrainJob:
-    """The job with its device-default tile size halved (down to ``SMALLEST_AUTO_TILE``) until
-    the labelled area holds ``MIN_LABELLED_TILES`` grid tiles.
+def _scan_labels(job: TrainJob, images, layers, shrink: bool, reporter) -> tuple:
+    """(job, grid tiles holding a label) at the job's tile size; with ``shrink`` (a device
+    default), the tile size is first halved, down to ``SMALLEST_AUTO_TILE``, while the labelled
+    area holds fewer than ``MIN_LABELLED_TILES`` tiles.
 
     A small labelled area cut into a few large tiles leaves one or two validation tiles, drops
     the training tiles that touch them and gives random windows few distinct positions. On the
     North Carolina benchmark (244 x 443 labelled px, 8 tiles of 128 px) 128-px windows scored
     0.141 mIoU on the unseen half, 64-px 0.214 and 32-px 0.221."""
     tile = job.tile_size
-    while (
-        tile // 2 >= SMALLEST_AUTO_TILE and _grid_tiles(images, layers, tile) < MIN_LABELLED_TILES
-    ):
+    tiles = scan_tiles(images, layers, tile, reporter)
+    while shrink and len(tiles) < MIN_LABELLED_TILES and tile // 2 >= SMALLEST_AUTO_TILE:
         tile //= 2
+        tiles = scan_tiles(images, layers, tile, reporter)
     if tile == job.tile_size:
-        return job
+        return job, tiles
     note = (
         f"Tile size {tile} px: the labelled area holds too few {job.tile_size}-px tiles for "
         "spatial validation blocks and varied random windows (set TILE_SIZE to override)."
     )
     reporter.info(note)
-    return replace(job, tile_size=tile, notes=[*job.notes, note])
+    return replace(job, tile_size=tile, notes=[*job.notes, note]), tiles
 
 
 @engine_call
@@ -314,9 +310,8 @@ def train_model(job: TrainJob, reporter: Reporter) -> dict:
     layers: list = []
     try:
         layers = label_layers(job, images, given, workdir, reporter)
-        if auto_tile:
-            job = _tile_for_labels(job, images, layers, reporter)
-        tiles, classes = _labelled_tiles(job, images, layers, given, init_meta, reporter)
+        job, tiles = _scan_labels(job, images, layers, auto_tile, reporter.sub(0.0, 0.05))
+        tiles, classes = _labelled_tiles(job, tiles, layers, given, init_meta, reporter)
         stats = _normalisation(job, images, init_meta, reporter)
         data = _tile_sets(job, images, layers, tiles, classes, stats, reporter)
         net = _network(job, init_meta, init_state, bands, len(classes), reporter)
