@@ -114,3 +114,105 @@ def test_train_model_cuda_ddp_without_gpus_is_a_clear_error(scene, tmp_path, pro
     with pytest.raises(QgsProcessingException, match="cuda_ddp needs CUDA GPUs"):
         run_alg("trainmodel", params)
     assert not os.listdir(tmp_path)
+
+
+# -- a rank that runs out of GPU memory ---------------------------------------------------------
+# CUDA's out-of-memory error cannot be provoked on a CPU, so rank 1's trainer raises PyTorch's
+# own torch.cuda.OutOfMemoryError from its forward pass from step ``at`` on, as a full GPU
+# would. Everything else (gloo all-reduces, fit, the model file) is the real run.
+
+
+def _oom_trainer_class():
+    import torch
+
+    from mapseg.core.distributed.ddp import DistributedTrainer
+
+    class OomTrainer(DistributedTrainer):
+        def _backward(self, x, y):
+            if self.group.rank == 1 and self.steps >= self.group.oom_at:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised by the test)")
+            return super()._backward(x, y)
+
+    return OomTrainer
+
+
+def _oom_rank(rank: int, world: int, port: int, job_args: tuple, oom_at: int, folder: str):
+    """One rank of a two-process run in which rank 1 runs out of memory at step ``oom_at``."""
+    import dataclasses
+    import datetime
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    from mapseg.core.distributed.ddp import DataParallel
+    from mapseg.core.errors import MapSegError
+    from mapseg.core.progress import Reporter
+    from mapseg.core.train.job import train_model
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # a short timeout: without the agreed stop, the other rank's all-reduce fails, not hangs
+    timeout = datetime.timedelta(seconds=30)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timeout)
+    group = DataParallel(rank, world, "cpu")
+    group.oom_at = oom_at
+    trainer = _oom_trainer_class()
+    group.trainer = lambda *a: trainer(group, *a)
+    job = _job(*job_args[:2], os.path.join(folder, f"model{rank}.pt"), epochs=job_args[2])
+    job = dataclasses.replace(job, fit=dataclasses.replace(job.fit, distributed=group))
+    warnings: list = []
+    try:
+        meta = train_model(job, Reporter(warn=warnings.append))
+        training = meta["training"]
+        outcome = {"stop": training["stop_reason"], "epochs": training["epochs_run"],
+                   "warnings": warnings}  # fmt: skip
+    except MapSegError as e:
+        outcome = {"error": str(e)}
+    with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
+        json.dump(outcome, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _run_oom(tmp_path, src: str, labels: str, oom_at: int, epochs: int) -> list:
+    import json
+    import time
+
+    import torch.multiprocessing as mp
+
+    from mapseg.core.distributed.launch import _free_port
+
+    args = (2, _free_port(), (src, labels, epochs), oom_at, str(tmp_path))
+    ctx = mp.start_processes(_oom_rank, args=args, nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=5):
+        assert time.monotonic() < deadline, "the ranks did not finish: one waits for the other"
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_a_rank_out_of_memory_stops_every_rank_on_the_same_step(scene, tmp_path):
+    from mapseg.core.progress import Reporter
+    from mapseg.core.train.job import train_model
+
+    _, src, labels = scene
+    # steps of one epoch, from a one-epoch run of the same job in this process
+    one = train_model(_job(src, labels, tmp_path / "one.pt", epochs=1, minutes=0), Reporter())
+    per_epoch = one["history"][0]["steps"]
+    assert per_epoch >= 2
+    # out of memory in the second epoch: both ranks keep the first epoch's model
+    runs = _run_oom(tmp_path, src, labels, oom_at=per_epoch + 1, epochs=4)
+    for outcome in runs:
+        assert outcome.get("stop") == "memory", outcome
+        assert outcome["epochs"] == 1
+    assert any("ran out of memory" in w for w in runs[0]["warnings"])
+    assert (tmp_path / "model0.pt").exists()
+
+
+def test_a_rank_out_of_memory_before_any_model_is_an_error_on_every_rank(scene, tmp_path):
+    _, src, labels = scene
+    runs = _run_oom(tmp_path, src, labels, oom_at=0, epochs=2)
+    for outcome in runs:
+        assert "ran out of memory even with one tile per step" in outcome.get("error", ""), outcome
+    assert not (tmp_path / "model0.pt").exists()
+    assert not (tmp_path / "model1.pt").exists()

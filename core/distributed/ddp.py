@@ -16,7 +16,8 @@ weights are deterministic, and rank 0's weights are broadcast at the start, as D
   identical on every rank after every step. This is DistributedDataParallel's all-reduce done
   once per step rather than overlapped with the backward pass in buckets: a step that a rank
   skips (no labelled pixel, a non-finite loss) or splits (a CUDA out-of-memory retry) cannot
-  make the ranks wait for each other forever;
+  make the ranks wait for each other forever, and a rank that runs out of memory even for one
+  sample says so in that step's all-reduce, so every rank stops on the same step;
 - time: ``AgreedClock`` agrees on a cancel, the time limit and the share of the time budget used
   (rank 0's clock drives the learning-rate schedule), so every rank stops after the same step.
 
@@ -36,7 +37,7 @@ import tempfile
 
 from ..errors import MapSegError
 from ..progress import Reporter
-from ..train.loop import FitConfig, Trainer
+from ..train.loop import FitConfig, GpuMemoryError, Trainer
 from ..train.schedule import Clock
 
 
@@ -121,6 +122,7 @@ class DistributedTrainer(Trainer):
         if group.device.startswith("cuda"):
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # layers replaced in place
         self.group = group
+        self.out_of_memory = False  # this rank ran out of memory even for one sample
         _broadcast_from_main(net)
         super().__init__(net, cfg, criterion, device, total_steps)
 
@@ -130,8 +132,21 @@ class DistributedTrainer(Trainer):
             self.group.record(self.net)
         return loss
 
+    def _backward_fitting_memory(self, x, y):
+        # A rank that runs out of memory even for one sample must not leave the step alone:
+        # the others would wait in the all-reduce until the backend's timeout. It takes part
+        # in this step's all-reduce with the news, and every rank stops on the same step.
+        try:
+            return super()._backward_fitting_memory(x, y)
+        except GpuMemoryError:
+            self.out_of_memory = True
+            return None
+
     def agree(self, loss):
-        """All-reduce gradients, float buffers and the loss; None when no rank had a loss."""
+        """All-reduce gradients, float buffers and the loss; None when no rank had a loss.
+
+        Raises ``GpuMemoryError`` on every rank when any rank ran out of memory in this step.
+        """
         import torch
 
         params = [p for p in self.net.parameters() if p.requires_grad]
@@ -142,11 +157,15 @@ class DistributedTrainer(Trainer):
             for p in params
         ]
         parts += [b.detach().reshape(-1).float() for b in buffers]
-        flags = [float(ok), float(loss) if ok else 0.0] + self.group.clock_out
+        oom = float(self.out_of_memory)
+        flags = [float(ok), float(loss) if ok else 0.0, oom] + self.group.clock_out
         parts.append(torch.tensor(flags, device=self.device))
         flat = self.group.all_reduce(torch.cat(parts))
         self.group.clock_in = [float(v) for v in flat[-3:]]
-        count = float(flat[-5])
+        if float(flat[-4]) > 0:
+            self.opt.zero_grad(set_to_none=True)
+            raise GpuMemoryError()
+        count = float(flat[-6])
         if count == 0:
             return None
         offset = 0
@@ -159,7 +178,7 @@ class DistributedTrainer(Trainer):
                 n = b.numel()
                 b.copy_((flat[offset : offset + n] / self.group.world).view_as(b))
                 offset += n
-        return float(flat[-4]) / count
+        return float(flat[-5]) / count
 
 
 def _broadcast_from_main(net) -> None:
