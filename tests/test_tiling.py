@@ -19,6 +19,7 @@ from mapseg.core.io.tiling import (
     TileGrid,
     blend_ramp,
     blend_window,
+    channel_argmax,
     extent_window,
 )
 from mapseg.core.progress import Reporter
@@ -88,6 +89,21 @@ def test_grid_covers_every_pixel_at_most_twice_per_axis(size, tile, overlap):
             and j * grid.stride + tile > win[0]
         ]
         assert list(grid.tiles(win)) == expect
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4, 7, 20])
+def test_channel_argmax_is_numpy_argmax_ties_and_nan_included(channels):
+    rng = np.random.default_rng(channels)
+    # quantised scores make ties common: argmax keeps the first of them
+    scores = (rng.integers(0, 4, (channels, 33, 47)) / 4).astype(np.float32)
+    scores[rng.integers(0, channels), 5, 7:9] = np.nan  # a NaN is the largest, for argmax
+    expected = scores.argmax(axis=0)
+    assert (scores[:, 5, 7] != scores[:, 5, 7]).any()
+    assert np.array_equal(channel_argmax(scores), expected)
+    clean = np.nan_to_num(scores)
+    assert np.array_equal(channel_argmax(clean), clean.argmax(axis=0))
+    view = np.ascontiguousarray(np.pad(clean, ((0, 0), (3, 3), (2, 2))))[:, 3:-3, 2:-2]
+    assert np.array_equal(channel_argmax(view), clean.argmax(axis=0))
 
 
 def test_bad_tiling_is_a_clear_error():
