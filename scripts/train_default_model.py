@@ -9,12 +9,14 @@ the trained weights are committed, never the imagery.
 Licences: the North Carolina scene (GPL-3.0) is left out unless ``--allow-gpl``; without it
 the script trains only on imagery whose licence lets the weights be redistributed with the
 plugin (CC0, MIT, public domain). Pucallpa Landsat has no blue band and is left out. (Before
-30 November 2026 the licence filter read the wrong field and let NC in every run.)
+30 November 2026 the licence filter read the wrong field: NC was in every run that did not
+``--exclude nc``.)
 
 The shipped model is ``--exclude dubai --allow-gpl`` (NAIP, rasterio's Landsat RGB and NC, 1500
 steps): with the 45 Dubai tiles in training the model scored lower on those very tiles (mean ARI
-0.263) than without them (0.346), and without NC it scored lower on both scenes (Dubai 0.265,
-NC 0.098; bench/RESULTS_label_free.md). Its manifest says GPL-3.0 obligations apply.
+0.263) than without them (0.346), and trained on NAIP and rasterio's Landsat alone it scored
+lower on both scenes (Dubai 0.265, NC 0.098; bench/RESULTS_label_free.md). Its manifest says
+GPL-3.0 obligations apply.
 
 Held-out models for the benchmark (bench/quality_label_free.py): ``--exclude dubai`` or
 ``--exclude nc`` leaves that scene out (``--allow-gpl`` lets NC in when scoring Dubai).
