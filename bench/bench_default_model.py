@@ -25,9 +25,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "build" / "pkg"))
 from bench_pseudolabel import texture  # noqa: E402
+from quality_label_free import load  # noqa: E402
 
 from mapseg.core.infer.segment import Options, segment_raster  # noqa: E402
-from mapseg.core.io.normalize import band_stats, normalise, valid_stack_mask  # noqa: E402
 from mapseg.core.model.clustering import filter_bank  # noqa: E402
 from mapseg.core.train.labelfree import segment  # noqa: E402
 
@@ -53,10 +53,7 @@ def default_model(path: str, folder: str) -> tuple[float, str]:
 
 def filter_bank_kmeans(path: str) -> float:
     start = time.perf_counter()
-    ds = gdal.Open(path)
-    block = ds.ReadAsArray().astype(np.float32)
-    valid = valid_stack_mask(ds, [1, 2, 3], block)
-    x = normalise(block, band_stats([ds], [1, 2, 3]))
+    x, valid = load(path)  # as the label-free benchmark reads a scene
     seg = segment(filter_bank(x), x, valid, SEGMENTS)
     assert len(np.unique(seg)) == SEGMENTS
     return time.perf_counter() - start
