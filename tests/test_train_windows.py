@@ -169,8 +169,12 @@ def test_default_tile_follows_the_labels_not_the_raster(tmp_path):
         path = write_raster(tmp_path / f"lab{expected}.tif", labels, nodata=0)
         layers = [lab.label_raster(path, image, 255, Reporter())]
         job = TrainJob(images=[image.GetDescription()], output="x.pt", tile_size=128)
-        chosen, tiles = _scan_labels(job, [image], layers, True, Reporter())
+        seen: list = []
+        reporter = Reporter(progress=seen.append).sub(0.0, 0.05)
+        chosen, tiles = _scan_labels(job, [image], layers, True, reporter)
         assert chosen.tile_size == expected
+        # the shrinking probes (128, 64, 32 px) share the scan's 5 % without moving back
+        assert seen and seen == sorted(seen) and seen[0] >= 0.0 and seen[-1] <= 5.0
         again = scan_tiles([image], layers, expected, Reporter())
         assert [(t.x, t.y, t.values) for t in tiles] == [(t.x, t.y, t.values) for t in again]
 
