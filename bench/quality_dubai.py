@@ -11,8 +11,8 @@ same images 1-6, in the same run. Parts (``--parts``):
 - ``curve``: U-Net after each of ``--curve`` minutes (plus the main run), drawn to a PNG;
 - ``building``: building vs the rest (OBJECT_CLASS) for ``--arch-minutes``: building IoU;
 - ``points``: ``--points`` random labelled pixels per training image through Pseudo-label From
-  Points (SLIC, each of ``--sizes`` px; 20 is the algorithm's default), then the same U-Net
-  run as on the full masks.
+  Points with each ``--superpixels`` setting (``method:size``, e.g. ``slic:40``), then the
+  same U-Net run as on the full masks.
 
 Usage: ``.venv/bin/python bench/quality_dubai.py [--minutes 5] [--parts multiclass,curve]``
 """
@@ -189,26 +189,28 @@ def part_building(tiles, test, tmp, args, results, values) -> None:
 
 
 def part_points(tiles, test, tmp, args, results, values) -> None:
-    """The same random points through Pseudo-label From Points at each superpixel size."""
+    """The same random points through Pseudo-label From Points with each superpixel setting."""
     rng = np.random.default_rng(args.seed)
     picks = []
     for t in tiles[:6]:
         rows, cols = np.nonzero(t[4])
         pick = rng.choice(rows.size, size=args.points, replace=False)
         picks.append((rows[pick], cols[pick]))
-    for size in args.sizes:
+    for method, size in args.superpixels:
         labels, used = [], 0
         for i, (t, (r, c)) in enumerate(zip(tiles[:6], picks)):
-            dest = str(tmp / f"pseudo{i + 1}_{size}.tif")
+            dest = str(tmp / f"pseudo{i + 1}_{method}{size}.tif")
             counts = pseudo_label(
-                t[0], c + 0.5, -(r + 0.5), t[3][r, c], dest, method="slic", size=size
+                t[0], c + 0.5, -(r + 0.5), t[3][r, c], dest, method=method, size=size
             )
             used += counts["points_used"]
             labels.append(dest)
-        print(f"  pseudo-labels from {used} points, SLIC {size} px", flush=True)
-        out = str(tmp / f"points{size}.pt")
+        print(f"  pseudo-labels from {used} points, {method} {size} px", flush=True)
+        out = str(tmp / f"points_{method}{size}.pt")
         meta, sec = train(tiles[:6], labels, out, "unet", args.arch_minutes, args)
-        name = f"unet from {args.points} points/image, SLIC {size} px, {args.arch_minutes:g} min"
+        name = (
+            f"unet from {args.points} points/image, {method} {size} px, {args.arch_minutes:g} min"
+        )
         run_row(results, name, meta, sec, score_model(out, test, values, args.device))
 
 
@@ -249,7 +251,11 @@ def main() -> int:
     p.add_argument("--archs", default="deeplabv3,fcn,refinenet")
     p.add_argument("--curve", default="1,2")
     p.add_argument("--points", type=int, default=40)
-    p.add_argument("--sizes", default="20", help="superpixel sizes (px) for the points part")
+    p.add_argument(
+        "--superpixels",
+        default="felzenszwalb:40",
+        help="method:size (px) settings of Pseudo-label From Points for the points part",
+    )
     p.add_argument("--parts", default="multiclass,curve,building,points")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -260,7 +266,11 @@ def main() -> int:
     args = p.parse_args()
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     args.curve = [float(m) for m in args.curve.split(",") if m.strip()]
-    args.sizes = [int(m) for m in args.sizes.split(",") if m.strip()]
+    args.superpixels = [
+        (m.split(":")[0].strip(), int(m.split(":")[1]))
+        for m in args.superpixels.split(",")
+        if m.strip()
+    ]
     if not DUBAI.exists():
         print(f"{DUBAI} not found: skipped")
         return 0

@@ -199,6 +199,45 @@ def test_spatial_split_keeps_validation_apart():
     assert spatial_split(tiles, 0.0, seed=1) == (list(range(len(tiles))), [])
 
 
+def test_best_model_is_not_the_one_that_never_predicts_a_class_missing_from_validation():
+    """Validation labels hold classes 0 and 1 only. Model A is right on 190 of 200 pixels and
+    calls 10 of them class 2; model B never predicts class 2 but is right on only 180. The plain
+    mIoU (0.633 vs 0.817) would keep B for its missing zero; the best model is A (0.95)."""
+    from mapseg.core.evaluate.metrics import reference_miou
+    from mapseg.core.train.loop import BestModel
+
+    a, b = ConfusionMatrix(3), ConfusionMatrix(3)
+    a.matrix[:] = [[90, 0, 10], [0, 100, 0], [0, 0, 0]]
+    b.matrix[:] = [[80, 20, 0], [0, 100, 0], [0, 0, 0]]
+    assert a.scores()["miou"] == pytest.approx((0.9 + 1.0 + 0.0) / 3)
+    assert reference_miou(a.matrix) == pytest.approx(0.95)
+    assert reference_miou(b.matrix) == pytest.approx((0.8 + 100 / 120) / 2)
+    best = BestModel()
+    for cm, bias in ((a, 1.0), (b, 2.0)):
+        net = torch.nn.Conv2d(1, 3, 1)
+        torch.nn.init.constant_(net.bias, bias)
+        best.offer(net, 0.5, cm)
+    assert best.cm is a and float(best.state["bias"][0]) == 1.0
+
+
+def test_spatial_split_keeps_most_of_a_rare_class_for_training():
+    """Sparse labels: a rare class in 4 of 400 tiles. Whatever the seed, validation takes at
+    most 30 % of its pixels (so never 2 of its 4 tiles) and still about 20 % of all pixels."""
+    rare = {(3, 4), (10, 15), (16, 2), (18, 18)}
+    tiles = [
+        Tile(0, 32 * c, 32 * r, 32, 32, c, r, {1: 100, 2: 50} if (r, c) in rare else {1: 100})
+        for r in range(20)
+        for c in range(20)
+    ]
+    for seed in range(20):
+        train, val = spatial_split(tiles, 0.2, seed=seed)
+        rare_val = sum(tiles[i].values.get(2, 0) for i in val)
+        assert rare_val <= 0.3 * 200, (seed, rare_val)
+        assert sum(tiles[i].values.get(2, 0) for i in train) >= 0.7 * 200 - 50, seed
+        share = sum(sum(tiles[i].values.values()) for i in val) / (100 * 400 + 200)
+        assert 0.15 <= share <= 0.35, (seed, share)
+
+
 def test_partial_labels_train_only_on_labelled_pixels(tmp_path, data):
     sparse = np.full_like(data["cls"], 255)
     sparse[:40, :40] = data["cls"][:40, :40]  # labels only in the top-left corner

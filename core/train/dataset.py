@@ -26,6 +26,7 @@ from ..labels.classes import LabelLayer, label_values
 from ..progress import Reporter
 
 IGNORE_INDEX = -1  # target value of unlabelled pixels (the loss's ignore_index)
+CLASS_SHARE = 0.3  # at most this share of a class's labelled pixels goes to validation
 
 
 @dataclass
@@ -114,14 +115,32 @@ def class_counts(tiles: Sequence[Tile], values: Sequence[int]) -> np.ndarray:
     return counts
 
 
+def _class_sums(counts) -> dict:
+    """Sum of {class: pixels} dicts."""
+    out: dict = {}
+    for d in counts:
+        for c, n in d.items():
+            out[c] = out.get(c, 0) + n
+    return out
+
+
+def _block_classes(tiles: Sequence[Tile], keys) -> dict:
+    """{block key: {class: labelled pixels}} over the tiles of each block."""
+    out: dict = {}
+    for t, k in zip(tiles, keys):
+        out[k] = _class_sums([out.get(k, {}), t.values])
+    return out
+
+
 def spatial_split(
     tiles: Sequence[Tile], fraction: float, seed: int, block_tiles: int = 8
 ) -> Tuple[List[int], List[int]]:
     """(train, validation) tile indices: validation is whole spatial blocks of tiles.
 
     The block side (in tiles) halves until there are enough blocks to draw from, then blocks
-    are drawn at random (seeded) until they hold ``fraction`` of the labelled pixels. Training
-    tiles that overlap a validation tile are dropped, so no pixel is in both sets.
+    are drawn at random (seeded) until they hold ``fraction`` of the labelled pixels, skipping
+    a block that would take more than ``CLASS_SHARE`` (or ``fraction``) of one class's pixels.
+    Training tiles that overlap a validation tile are dropped, so no pixel is in both sets.
     """
     n = len(tiles)
     if fraction <= 0 or n < 2:
@@ -142,12 +161,20 @@ def spatial_split(
     block_weight = {b: 0.0 for b in blocks}
     for k, w in zip(keys, weight):
         block_weight[k] += w
-    target, taken, val_blocks = fraction * weight.sum(), 0.0, set()
+    per_class = _block_classes(tiles, keys)
+    # Sparse labels put a rare class in a handful of tiles; a block that would take more than
+    # CLASS_SHARE of a class's pixels into validation is skipped, so training keeps most of it.
+    totals = _class_sums(per_class.values())
+    cap = {c: max(CLASS_SHARE, fraction) * n for c, n in totals.items()}
+    target, taken, val_blocks, in_val = fraction * weight.sum(), 0.0, set(), {}
     for i in order[:-1]:  # always leave at least one block for training
         if taken >= target:
             break
+        grown = _class_sums([in_val, per_class[blocks[i]]])
+        if any(n > cap[c] for c, n in grown.items()):
+            continue
         val_blocks.add(blocks[i])
-        taken += block_weight[blocks[i]]
+        taken, in_val = taken + block_weight[blocks[i]], grown
     val = [i for i, k in enumerate(keys) if k in val_blocks]
     train = [
         i
