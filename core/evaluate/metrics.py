@@ -49,20 +49,6 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def reference_miou(matrix: np.ndarray) -> float:
-    """Mean IoU over the classes that occur in the reference (rows) only.
-
-    A class that is only predicted adds an IoU of 0 to ``scores``' macro average. When the
-    reference is a few validation blocks of sparse labels, a rare class is often absent from
-    them, and that zero then favours a model that never predicts the class at all. Its false
-    positives still count here, as false negatives of the classes they cover.
-    """
-    cm = np.asarray(matrix, dtype=np.float64)
-    tp, support = np.diag(cm), cm.sum(axis=1)
-    iou = _ratio(tp, support + cm.sum(axis=0) - tp)
-    return float(iou[support > 0].mean()) if (support > 0).any() else 0.0
-
-
 def scores(matrix: np.ndarray, names: Sequence[str] | None = None) -> dict:
     """Overall and per-class scores of a confusion matrix (rows reference, columns predicted).
 

@@ -17,7 +17,7 @@ from typing import List
 import numpy as np
 
 from ..errors import MapSegError
-from ..evaluate.metrics import ConfusionMatrix, reference_miou
+from ..evaluate.metrics import ConfusionMatrix
 from ..model.device import is_cuda, resolve_device
 from ..progress import Reporter
 from ..sam.finetune import balanced_weights
@@ -181,14 +181,13 @@ class Trainer:
 
 
 class BestModel:
-    """The weights with the best (validation mIoU over the classes the validation labels hold,
-    -validation loss) seen so far (``reference_miou`` says why not the plain mIoU)."""
+    """The weights with the best (validation mIoU, -validation loss) seen so far."""
 
     def __init__(self) -> None:
         self.state, self.key, self.cm = None, None, None
 
-    def offer(self, net, loss: float, cm: ConfusionMatrix) -> None:
-        key = (reference_miou(cm.matrix), -loss if loss == loss else -math.inf)
+    def offer(self, net, loss: float, cm: ConfusionMatrix, scores: dict) -> None:
+        key = (scores["miou"], -loss if loss == loss else -math.inf)
         if self.key is None or key > self.key:
             self.key, self.cm, self.state = key, cm, cpu_state(net)
 
@@ -317,7 +316,7 @@ def fit(
         vbs = trainer.micro or bs  # after an out-of-memory error, validate in micro-batches
         v_loss, cm = score_tiles(net, check_set, num_classes, vbs, device, criterion)
         scores = cm.scores(class_names)
-        best.offer(net, v_loss, cm)
+        best.offer(net, v_loss, cm, scores)
         entry = _epoch_entry(epoch, loss_sum, n_batches, v_loss, scores, trainer, t0, stop)
         entry["train_seconds"] = round(train_seconds, 4)  # the training steps only
         entry["skipped"] = trainer.skipped - skipped
