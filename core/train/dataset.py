@@ -115,23 +115,6 @@ def class_counts(tiles: Sequence[Tile], values: Sequence[int]) -> np.ndarray:
     return counts
 
 
-def _class_sums(counts) -> dict:
-    """Sum of {class: pixels} dicts."""
-    out: dict = {}
-    for d in counts:
-        for c, n in d.items():
-            out[c] = out.get(c, 0) + n
-    return out
-
-
-def _block_classes(tiles: Sequence[Tile], keys) -> dict:
-    """{block key: {class: labelled pixels}} over the tiles of each block."""
-    out: dict = {}
-    for t, k in zip(tiles, keys):
-        out[k] = _class_sums([out.get(k, {}), t.values])
-    return out
-
-
 def spatial_split(
     tiles: Sequence[Tile], fraction: float, seed: int, block_tiles: int = 8
 ) -> Tuple[List[int], List[int]]:
@@ -145,7 +128,6 @@ def spatial_split(
     n = len(tiles)
     if fraction <= 0 or n < 2:
         return list(range(n)), []
-    weight = np.array([sum(t.values.values()) for t in tiles], dtype=np.float64)
     want_blocks = max(5, math.ceil(3.0 / fraction))
     side = block_tiles
     while True:
@@ -158,23 +140,24 @@ def spatial_split(
         return list(range(n)), []
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(blocks))
-    block_weight = {b: 0.0 for b in blocks}
-    for k, w in zip(keys, weight):
-        block_weight[k] += w
-    per_class = _block_classes(tiles, keys)
+    values = sorted({v for t in tiles for v in t.values})
+    members: dict = {b: [] for b in blocks}
+    for t, key in zip(tiles, keys):
+        members[key].append(t)
+    per_block = {b: class_counts(ts, values) for b, ts in members.items()}
+    total = sum(per_block.values())
     # Sparse labels put a rare class in a handful of tiles; a block that would take more than
     # CLASS_SHARE of a class's pixels into validation is skipped, so training keeps most of it.
-    totals = _class_sums(per_class.values())
-    cap = {c: max(CLASS_SHARE, fraction) * n for c, n in totals.items()}
-    target, taken, val_blocks, in_val = fraction * weight.sum(), 0.0, set(), {}
+    cap = max(CLASS_SHARE, fraction) * total
+    target, in_val, val_blocks = fraction * total.sum(), np.zeros_like(total), set()
     for i in order[:-1]:  # always leave at least one block for training
-        if taken >= target:
+        if in_val.sum() >= target:
             break
-        grown = _class_sums([in_val, per_class[blocks[i]]])
-        if any(n > cap[c] for c, n in grown.items()):
+        grown = in_val + per_block[blocks[i]]
+        if (grown > cap).any():
             continue
         val_blocks.add(blocks[i])
-        taken, in_val = taken + block_weight[blocks[i]], grown
+        in_val = grown
     val = [i for i, k in enumerate(keys) if k in val_blocks]
     train = [
         i
