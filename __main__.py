@@ -30,6 +30,7 @@ def segment_parser(sub) -> None:
     p.add_argument("--smoothing", type=int, default=0, help="minimum patch size in pixels")
     p.add_argument("--resolution", default="full", choices=["full", "medium", "low"])
     p.add_argument("--bands", default="", help="input bands fed to the model, e.g. 3,2,1")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: 8 views per tile")
     p.add_argument("--extent", default="", help="xmin,ymin,xmax,ymax in the input's CRS")
     p.add_argument("--block-size", type=int, default=0, help="cluster: block side (4096 px)")
     p.add_argument("--in-flight", type=int, default=0, help="cluster: blocks in flight")
@@ -48,6 +49,7 @@ def run_segment(args, reporter) -> None:
         smoothing=args.smoothing,
         resolution=args.resolution,
         bands=parse_bands(args.bands),
+        tta=args.tta,
     )
     model = None if args.model in ("", "default") else args.model
     extent = [float(v) for v in args.extent.split(",")] if args.extent else None

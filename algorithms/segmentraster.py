@@ -30,6 +30,7 @@ class SegmentRaster(MapSegAlgorithm):
     OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
     NUM_SEGMENTS = "NUM_SEGMENTS"
     SMOOTHING = "SMOOTHING"
+    TEST_TIME_AUGMENTATION = "TEST_TIME_AUGMENTATION"
     RESOLUTION = "RESOLUTION"
     BANDS = "BANDS"
     DASK_SCHEDULER = "DASK_SCHEDULER"
@@ -76,6 +77,12 @@ class SegmentRaster(MapSegAlgorithm):
             P.advanced(
                 P.integer(
                     self.SMOOTHING, "Smoothing: minimum patch size in pixels (0: none)", **ZERO
+                )
+            ),
+            P.advanced(
+                P.flag(
+                    self.TEST_TIME_AUGMENTATION,
+                    "Test-time augmentation: average 8 flipped/rotated views (8x slower)",
                 )
             ),
             P.advanced(
@@ -134,6 +141,7 @@ class SegmentRaster(MapSegAlgorithm):
             resolution=self.choice(parameters, self.RESOLUTION, context),
             bands=parse_bands(self.parameterAsString(parameters, self.BANDS, context)),
             checkpoint=self.parameterAsFile(parameters, self.CHECKPOINT, context) or "",
+            tta=self.parameterAsBool(parameters, self.TEST_TIME_AUGMENTATION, context),
         )
         prob = self.optional_output(parameters, self.OUTPUT_PROBABILITY, context)
         run = segment_raster

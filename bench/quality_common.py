@@ -18,6 +18,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "pkg"))
 
 from mapseg.core.evaluate.metrics import ConfusionMatrix  # noqa: E402
+from mapseg.core.infer.tta import view_mean  # noqa: E402
 from mapseg.core.io.normalize import normalise  # noqa: E402
 from mapseg.core.model.modelfile import build_model, load_model  # noqa: E402
 
@@ -58,14 +59,19 @@ def random_forest(train: list, test: list, threads: int, samples: int = 150_000,
     return preds, time.perf_counter() - t0
 
 
-def predict(model_path: str, image: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """Class values of a saved model over a whole (small) image."""
+def predict(model_path: str, image: np.ndarray, device: str = "cpu", tta: bool = False):
+    """Class values of a saved model over a whole (small) image; ``tta``: the mean softmax of
+    the 8 flipped/rotated views, as Segment Raster's TEST_TIME_AUGMENTATION computes it."""
     meta, state = load_model(model_path)
     net = build_model(meta, state).eval().to(device)
-    x = torch.from_numpy(normalise(image.astype(np.float32), meta["band_stats"]))[None]
-    with torch.no_grad():
-        idx = net(x.to(device)).argmax(1)[0].cpu().numpy()
-    return np.array([c["value"] for c in meta["classes"]])[idx]
+    x = normalise(image.astype(np.float32), meta["band_stats"])[None]
+
+    def forward(a: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(net(torch.from_numpy(a).to(device)), 1).cpu().numpy()
+
+    probs = view_mean(forward, x) if tta else forward(x)
+    return np.array([c["value"] for c in meta["classes"]])[probs.argmax(1)[0]]
 
 
 def scores(preds: list, refs: list, valids: list, values) -> dict:

@@ -114,8 +114,8 @@ def train(tiles, labels, out, arch, minutes, args, **job_kw) -> tuple:
     return meta, time.perf_counter() - t0
 
 
-def score_model(out, test, values, device, binary_of=None) -> dict:
-    preds = [qc.predict(out, t[2], device) for t in test]
+def score_model(out, test, values, device, binary_of=None, tta=False) -> dict:
+    preds = [qc.predict(out, t[2], device, tta) for t in test]
     refs = [t[3] if binary_of is None else (t[3] == binary_of).astype(np.int64) for t in test]
     return qc.scores(preds, refs, [t[4] for t in test], values)
 
@@ -159,8 +159,14 @@ def part_multiclass(tiles, test, tmp, args, results, values) -> None:
     for arch, minutes in plan:
         out = str(tmp / f"{arch}.pt")
         meta, sec = train(train_tiles, [t[1] for t in train_tiles], out, arch, minutes, args)
-        run_row(results, f"{arch} {minutes:g} min", meta, sec, score_model(out, test, values,
-                args.device))  # fmt: skip
+        score_rows(results, f"{arch} {minutes:g} min", meta, sec, out, test, values, args)
+
+
+def score_rows(results, name, meta, sec, out, test, values, args) -> None:
+    """The model's row, and with ``--tta`` a second one with test-time augmentation."""
+    for tta in (False, True) if args.tta else (False,):
+        s = score_model(out, test, values, args.device, tta=tta)
+        run_row(results, name + (" + TTA" if tta else ""), meta, sec, s)
 
 
 def part_curve(tiles, test, tmp, args, results, values) -> None:
@@ -211,7 +217,7 @@ def part_points(tiles, test, tmp, args, results, values) -> None:
         name = (
             f"unet from {args.points} points/image, {method} {size} px, {args.arch_minutes:g} min"
         )
-        run_row(results, name, meta, sec, score_model(out, test, values, args.device))
+        score_rows(results, name, meta, sec, out, test, values, args)
 
 
 def draw_curve(results, path: str) -> None:
@@ -260,6 +266,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
     p.add_argument("--rf-samples", type=int, default=150_000, help="random forest pixels")
     p.add_argument("--json", default="", help="append the results to this JSON file")
     p.add_argument("--png", default=str(HERE / "dubai_learning_curve.png"))

@@ -30,10 +30,9 @@ import torch
 from osgeo import gdal, ogr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_common as qc  # noqa: E402
 import quality_nc as nc  # noqa: E402  (also puts build/pkg on sys.path)
 
-from mapseg.core.io.normalize import read_stack, valid_stack_mask  # noqa: E402
-from mapseg.core.io.raster import open_raster  # noqa: E402
 from mapseg.core.labels.pseudolabel import pseudo_label  # noqa: E402
 from mapseg.core.progress import Reporter  # noqa: E402
 from mapseg.core.train.job import TrainJob, train_model  # noqa: E402
@@ -81,14 +80,6 @@ def rasterise_points(dest: str, west_img: str, cols, rows, cls) -> int:
     return int((arr > 0).sum())
 
 
-def image_valid(path: str) -> np.ndarray:
-    """Pixels where every band holds data: training ignores labels elsewhere."""
-    ds = open_raster(path)
-    bands = list(range(1, ds.RasterCount + 1))
-    block = read_stack(ds, bands, (0, 0, ds.RasterXSize, ds.RasterYSize))
-    return valid_stack_mask(ds, bands, block)
-
-
 def agreement(label_path: str, ref: np.ndarray, ref_valid: np.ndarray, img_valid) -> tuple:
     """(labelled pixels, those on valid image data, fraction of the latter equal to the strata
     map where it is valid)."""
@@ -124,7 +115,7 @@ def train_and_score(label_path, v, east, values, args, seed, tmp) -> tuple:
     meta = train_model(job, Reporter())
     seconds = time.perf_counter() - t0
     east_img, east_ref, east_valid = east
-    s = nc.evaluate(nc.predict(out, east_img), east_ref, east_valid, values)
+    s = nc.evaluate(qc.predict(out, east_img), east_ref, east_valid, values)
     os.remove(out)
     return s, seconds, meta["training"]["epochs_run"]
 
@@ -147,6 +138,7 @@ def main() -> int:
     v = nc.halves(src, tmp)
     east_img = nc.read(v["img", "east"])
     east_ref, east_valid = nc.labels_of(v["lab", "east"])
+    east_valid &= nc.image_valid(v["img", "east"])  # Segment Raster writes nodata elsewhere
     west_ref, west_valid = nc.labels_of(v["lab", "west"])
     values = sorted(int(x) for x in np.unique(west_ref[west_valid]))
     xs, ys, cls, cols, rows, n_all = west_points(src / "landsat96_points.shp", v["img", "west"])
@@ -188,7 +180,7 @@ def main() -> int:
             )
 
     full = np.array([s["miou"] for s in results["full strata labels"]])
-    img_valid = image_valid(v["img", "west"])
+    img_valid = nc.image_valid(v["img", "west"])
     head = f"{'label source':<28}{'labelled px':>12}{'usable':>8}{'agree':>7}{'east mIoU':>16}"
     print(f"\n{head}{'accuracy':>10}{'kappa':>8}{'/ full':>8}")
     for name, path in sources:

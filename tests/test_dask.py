@@ -175,6 +175,17 @@ def test_supervised_model_on_cluster_equals_local_run(supervised):
     assert gdal.Open(dask).GetRasterBand(1).GetColorTable() is not None
 
 
+def test_test_time_augmentation_on_cluster_equals_local_run(cluster, scene, supervised):
+    """TEST_TIME_AUGMENTATION through qgis_process: the workers average the 8 views too."""
+    folder, src, model = scene
+    params = {"INPUT": src, "MODEL": model, "TILE_SIZE": 64, "TEST_TIME_AUGMENTATION": True}
+    (local, local_p), (dask, dask_p) = _both(folder, "tta", params, cluster.address)
+    assert_identical(local, dask)
+    assert_identical(local_p, dask_p)
+    plain, averaged = (gdal.Open(p).ReadAsArray() for p in (supervised[0][1], local_p))
+    assert np.abs(averaged - plain).max() > 0.01  # the views changed the probabilities
+
+
 def test_label_free_default_model_on_cluster_equals_local_run(cluster, scene):
     folder, src, _ = scene
     params = {"INPUT": src, "NUM_SEGMENTS": 5, "TILE_SIZE": 64, "BANDS": "3,2,1"}

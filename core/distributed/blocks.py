@@ -161,7 +161,7 @@ def worker_runtime(job: BlockJob, model_bytes: bytes) -> Runtime:
     """The model opened on this worker's device, once per process and model/options."""
     opts, plan = job.options, job.plan
     key = (
-        job.model_sha, opts.device, opts.runtime, opts.batch_size, opts.checkpoint,
+        job.model_sha, opts.device, opts.runtime, opts.batch_size, opts.checkpoint, opts.tta,
         plan.tile, plan.overlap,
     )  # fmt: skip
     with _LOCK:

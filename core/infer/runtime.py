@@ -99,8 +99,16 @@ class Runtime:
     model: object  # OnnxModel, or the torch module
     reporter: Reporter
     softmax: bool
+    tta: bool = False  # each tile under the 8 flips/rotations, outputs averaged (core.infer.tta)
 
     def network(self, weights: np.ndarray):
+        if self.tta:
+            from .tta import Augmented
+
+            return Augmented(self._network(weights), weights)
+        return self._network(weights)
+
+    def _network(self, weights: np.ndarray):
         if isinstance(self.model, OnnxModel):
             return self.model.network(weights, self.batch, self.reporter)
         from ..model.network import Network
@@ -128,8 +136,9 @@ def open_runtime(handle: ModelHandle, opts, tile: int, overlap: int, rep: Report
         import torch
 
         name = f"PyTorch {torch.__version__} on {device}"
-    rep.info(f"Runtime: {name}.")
-    return Runtime(name, device, batch, model, rep, softmax=not labelfree)
+    tta = bool(getattr(opts, "tta", False))
+    rep.info(f"Runtime: {name}." + (" Test-time augmentation: 8 views per tile." if tta else ""))
+    return Runtime(name, device, batch, model, rep, softmax=not labelfree, tta=tta)
 
 
 def _torch_model(handle: ModelHandle, device: str, checkpoint: str = ""):

@@ -61,6 +61,7 @@ class Options:
     checkpoint: str = ""  # fine-tuned SAM models: the Segment Anything checkpoint they need
     bands: Sequence[int] | None = None  # 1-based input bands fed to the model; None: default
     runtime: str = ""  # auto, onnx or torch; empty: $MAPSEG_RUNTIME, else auto
+    tta: bool = False  # test-time augmentation: 8 flipped/rotated views per tile, averaged
 
 
 @dataclass
