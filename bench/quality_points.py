@@ -100,7 +100,7 @@ def train_and_score(label_path, v, east, values, args, seed, tmp) -> tuple:
         label_rasters=[label_path],
         output=out,
         architecture="unet",
-        arch_kwargs=nc.ARCH_KWARGS["unet"],
+        arch_kwargs=nc.ARCH_KWARGS.get("unet", {}),
         tile_size=args.tile,
         val_fraction=0.2,
         fit=FitConfig(

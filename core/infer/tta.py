@@ -3,8 +3,9 @@ square (4 rotations by 90 degrees, each with and without a mirror), and the 8 ou
 back, are averaged.
 
 A network trained with random flips and rotations still answers a little differently to each
-view; the average is steadier, at 8 times the inference time. On the NC Landsat benchmark it
-added 0.005 to 0.016 east mIoU to each of four U-Nets (``bench/RESULTS_train.md``).
+view; the average is steadier, at 8 times the inference time. It added 0.005 to 0.026 east mIoU
+to each of five U-Nets on the NC Landsat benchmark, and nothing on the Dubai tiles
+(``bench/RESULTS_train.md``).
 """
 
 from __future__ import annotations
