@@ -87,3 +87,19 @@ def test_segment_raster_with_tta_is_the_same_on_a_mirrored_raster(tmp_path):
             out[name, tta] = read_raster(prob)
     assert np.abs(out["plain", True] - out["mirror", True][:, ::-1]).max() < 1e-4
     assert np.abs(out["plain", False] - out["mirror", False][:, ::-1]).max() > 2e-3
+
+
+def test_label_free_default_model_with_tta_divides_into_the_segments_asked(tmp_path):
+    """The k-means fit samples through the augmented network too (``with_weights``)."""
+    img = image(96, 96, seed=7)
+    src = write_raster(tmp_path / "in.tif", img, geotransform=GT)
+    out = {}
+    for tta in (False, True):
+        dest, conf = tmp_path / f"s{tta}.tif", tmp_path / f"c{tta}.tif"
+        opts = Options(num_segments=4, tile_size=64, runtime="torch", tta=tta)
+        result = segment_raster(src, None, str(dest), probability=str(conf), options=opts)
+        ids, c = read_raster(dest), read_raster(conf)
+        assert result.segments == 4 and set(np.unique(ids)) == {1, 2, 3, 4}
+        assert c.min() >= 0.5 - 1e-6 and c.max() <= 1.0 + 1e-6
+        out[tta] = c
+    assert np.abs(out[True] - out[False]).max() > 1e-3  # the averaged features differ
