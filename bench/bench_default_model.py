@@ -12,7 +12,9 @@ Run: ``.venv/bin/python bench/bench_default_model.py [size] [rounds]``
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -63,6 +65,7 @@ def main() -> None:
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     folder = tempfile.mkdtemp(prefix="bench_default_model_")
+    atexit.register(shutil.rmtree, folder, True)  # rasters and models
     path = make_raster(folder, size)
     print(f"{size} x {size} x 3 Byte, {SEGMENTS} segments, {rounds} rounds (alternating)")
     model_s, bank_s = [], []

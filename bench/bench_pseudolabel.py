@@ -10,7 +10,9 @@ Run: ``.venv/bin/python bench/bench_pseudolabel.py [n_points] [superpixel_size]`
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -50,6 +52,7 @@ def main() -> None:
     n_points = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     sp_size = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     tmp = tempfile.mkdtemp(prefix="bench_pseudolabel_")
+    atexit.register(shutil.rmtree, tmp, True)  # rasters and models
     small = texture(os.path.join(tmp, "texture.tif"))
     rng = np.random.default_rng(1)
     # map coordinates in the texture's 0..50000 extent: the same places on both grids

@@ -13,6 +13,8 @@ Usage: ``.venv/bin/python bench/bench_train.py [--size 512] [--tile 64] [--threa
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -106,6 +108,7 @@ def main() -> int:
     cls = (1 + (np.sin(xx / 17.0) + np.cos(yy / 13.0) > 0) + ((xx + yy) % 97 < 15)).astype(np.uint8)
     img = np.stack([cls * 900 + rng.normal(0, 300, cls.shape) for _ in range(4)])
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    atexit.register(shutil.rmtree, tmp, True)  # rasters and models
     ip = write(str(tmp / "img.tif"), np.clip(img, 0, 65535).astype(np.uint16), gdal.GDT_UInt16)
     lp = write(str(tmp / "lab.tif"), cls, gdal.GDT_Byte, nodata=0)
     tiles = (n // args.tile) ** 2

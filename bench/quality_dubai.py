@@ -20,7 +20,9 @@ Usage: ``.venv/bin/python bench/quality_dubai.py [--minutes 5] [--parts multicla
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -283,6 +285,7 @@ def main() -> int:
         return 0
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="quality_dubai_"))
+    atexit.register(shutil.rmtree, tmp, True)  # rasters and models
     tiles = load_tiles(tmp)
     test, values = tiles[6:], [1, 2, 3, 4, 5]
     print(f"Dubai tile 1: train images 1-6, test 7-9; {args.threads} thread(s), {args.device}")

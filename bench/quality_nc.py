@@ -13,8 +13,10 @@ Usage: ``.venv/bin/python bench/quality_nc.py [--minutes 5] [--archs unet,deepla
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -106,6 +108,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="quality_nc_"))
+    atexit.register(shutil.rmtree, tmp, True)  # rasters and models
     v = halves(data_dir(), tmp)
     east_img = read(v["img", "east"])
     east_ref, east_valid = labels_of(v["lab", "east"])

@@ -19,7 +19,9 @@ Usage: ``.venv/bin/python bench/quality_points.py [--minutes 2] [--sizes 10,20] 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -135,6 +137,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     src = nc.data_dir()
     tmp = Path(tempfile.mkdtemp(prefix="quality_points_"))
+    atexit.register(shutil.rmtree, tmp, True)  # rasters and models
     v = nc.halves(src, tmp)
     east_img = nc.read(v["img", "east"])
     east_ref, east_valid = nc.labels_of(v["lab", "east"])
