@@ -30,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "pkg"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_common as qc  # noqa: E402
 
-from mapseg.core.evaluate.metrics import ConfusionMatrix  # noqa: E402
-from mapseg.core.io.normalize import read_stack, valid_stack_mask  # noqa: E402
+from mapseg.core.io.normalize import valid_stack_mask  # noqa: E402
 from mapseg.core.io.raster import open_raster  # noqa: E402
 from mapseg.core.progress import Reporter  # noqa: E402
 from mapseg.core.train.job import TrainJob, train_model  # noqa: E402
@@ -70,14 +69,13 @@ def read(path: str) -> np.ndarray:
     return gdal.Open(path).ReadAsArray().astype(np.float32)
 
 
-def image_valid(path: str) -> np.ndarray:
-    """Pixels where every band holds data. Train Model ignores labels elsewhere, and Segment
-    Raster writes nodata there, so no method is scored on them (the strata map still covers the
-    scene's nodata border: 15 % of the scene in bands 1-5, 38 % in band 7)."""
+def image_valid(path: str, image: np.ndarray) -> np.ndarray:
+    """Pixels of ``image`` (read from ``path``) where every band holds data. Train Model
+    ignores labels elsewhere, and Segment Raster writes nodata there, so no method is scored on
+    them (the strata map still covers the scene's nodata border: 15 % of the scene in bands 1-5,
+    38 % in band 7)."""
     ds = open_raster(path)
-    bands = list(range(1, ds.RasterCount + 1))
-    block = read_stack(ds, bands, (0, 0, ds.RasterXSize, ds.RasterYSize))
-    return valid_stack_mask(ds, bands, block)
+    return valid_stack_mask(ds, range(1, ds.RasterCount + 1), image)
 
 
 def labels_of(path: str):
@@ -85,14 +83,6 @@ def labels_of(path: str):
     arr = ds.ReadAsArray()
     valid = np.isfinite(arr) & (arr != ds.GetRasterBand(1).GetNoDataValue())
     return np.rint(np.where(valid, arr, 0)).astype(np.int64), valid
-
-
-def evaluate(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray, values) -> dict:
-    lut = {v: i for i, v in enumerate(values)}
-    to_idx = np.vectorize(lambda v: lut.get(int(v), -1))
-    cm = ConfusionMatrix(len(values))
-    cm.update(to_idx(ref), to_idx(pred), valid)
-    return cm.scores()
 
 
 def main() -> int:
@@ -112,10 +102,10 @@ def main() -> int:
     v = halves(data_dir(), tmp)
     east_img = read(v["img", "east"])
     east_ref, east_valid = labels_of(v["lab", "east"])
-    east_valid &= image_valid(v["img", "east"])
+    east_valid &= image_valid(v["img", "east"], east_img)
     west_img = read(v["img", "west"])
     west_ref, west_valid = labels_of(v["lab", "west"])
-    west_valid &= image_valid(v["img", "west"])  # the pixels Train Model learns from
+    west_valid &= image_valid(v["img", "west"], west_img)  # the pixels Train Model learns from
     values = sorted(int(x) for x in np.unique(west_ref[west_valid]))
     print(
         f"NC Landsat-7, 6 bands; train west {west_img.shape[2]}x{west_img.shape[1]} px "
@@ -130,11 +120,11 @@ def main() -> int:
     rf = RandomForestClassifier(n_estimators=200, n_jobs=args.threads, random_state=0)
     rf.fit(west_img[:, west_valid].T, west_ref[west_valid])
     pred = rf.predict(east_img.reshape(len(BANDS), -1).T).reshape(east_ref.shape)
-    s = evaluate(pred, east_ref, east_valid, values)
+    s = qc.scores([pred], [east_ref], [east_valid], values)
     rows.append(("RandomForest (pixels)", s, time.perf_counter() - t0, "-"))
     train = [(west_img, west_ref, west_valid)]
     (pred,), sec = qc.random_forest(train, [east_img], args.threads)
-    s = evaluate(pred, east_ref, east_valid, values)
+    s = qc.scores([pred], [east_ref], [east_valid], values)
     rows.append(("RandomForest (local stats)", s, sec, "-"))
     for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
         out = str(tmp / f"{arch}.pt")
@@ -160,7 +150,7 @@ def main() -> int:
         epochs = f"{meta['training']['epochs_run']} (val mIoU {meta['metrics']['miou']:.3f})"
         for tta in (False, True) if args.tta else (False,):
             name = arch + (" + TTA" if tta else "")
-            s = evaluate(qc.predict(out, east_img, tta=tta), east_ref, east_valid, values)
+            s = qc.scores([qc.predict(out, east_img, tta=tta)], [east_ref], [east_valid], values)
             rows.append((name, s, seconds, epochs))
             print(f"  {name}: east mIoU {s['miou']:.3f}, per class "
                   f"{[round(c['iou'], 3) for c in s['per_class']]}", flush=True)  # fmt: skip

@@ -117,7 +117,7 @@ def train_and_score(label_path, v, east, values, args, seed, tmp) -> tuple:
     meta = train_model(job, Reporter())
     seconds = time.perf_counter() - t0
     east_img, east_ref, east_valid = east
-    s = nc.evaluate(qc.predict(out, east_img), east_ref, east_valid, values)
+    s = qc.scores([qc.predict(out, east_img)], [east_ref], [east_valid], values)
     os.remove(out)
     return s, seconds, meta["training"]["epochs_run"]
 
@@ -141,7 +141,7 @@ def main() -> int:
     v = nc.halves(src, tmp)
     east_img = nc.read(v["img", "east"])
     east_ref, east_valid = nc.labels_of(v["lab", "east"])
-    east_valid &= nc.image_valid(v["img", "east"])  # Segment Raster writes nodata elsewhere
+    east_valid &= nc.image_valid(v["img", "east"], east_img)  # Segment Raster: nodata elsewhere
     west_ref, west_valid = nc.labels_of(v["lab", "west"])
     values = sorted(int(x) for x in np.unique(west_ref[west_valid]))
     xs, ys, cls, cols, rows, n_all = west_points(src / "landsat96_points.shp", v["img", "west"])
@@ -183,7 +183,7 @@ def main() -> int:
             )
 
     full = np.array([s["miou"] for s in results["full strata labels"]])
-    img_valid = nc.image_valid(v["img", "west"])
+    img_valid = nc.image_valid(v["img", "west"], nc.read(v["img", "west"]))
     head = f"{'label source':<28}{'labelled px':>12}{'usable':>8}{'agree':>7}{'east mIoU':>16}"
     print(f"\n{head}{'accuracy':>10}{'kappa':>8}{'/ full':>8}")
     for name, path in sources:

@@ -136,7 +136,7 @@ def open_runtime(handle: ModelHandle, opts, tile: int, overlap: int, rep: Report
         import torch
 
         name = f"PyTorch {torch.__version__} on {device}"
-    tta = bool(getattr(opts, "tta", False))
+    tta = bool(opts.tta)
     rep.info(f"Runtime: {name}." + (" Test-time augmentation: 8 views per tile." if tta else ""))
     return Runtime(name, device, batch, model, rep, softmax=not labelfree, tta=tta)
 
