@@ -157,7 +157,8 @@ def part_multiclass(tiles, test, tmp, args, results, values) -> None:
                     "kappa": s["kappa"], "iou": [c["iou"] for c in s["per_class"]],
                     "seconds": round(sec, 1)})  # fmt: skip
     print(f"  random forest: test mIoU {s['miou']:.3f} ({sec:.0f} s)", flush=True)
-    plan = [("unet", args.minutes)] + [(a, args.arch_minutes) for a in args.archs if a]
+    plan = [("unet", args.minutes)] if args.minutes > 0 else []  # 0: only the other archs
+    plan += [(a, args.arch_minutes) for a in args.archs if a]
     for arch, minutes in plan:
         out = str(tmp / f"{arch}.pt")
         meta, sec = train(train_tiles, [t[1] for t in train_tiles], out, arch, minutes, args)
@@ -254,7 +255,7 @@ PARTS = {"multiclass": part_multiclass, "curve": part_curve, "building": part_bu
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=5.0, help="main U-Net run")
+    p.add_argument("--minutes", type=float, default=5.0, help="main U-Net run (0: none)")
     p.add_argument("--arch-minutes", type=float, default=2.0)
     p.add_argument("--archs", default="deeplabv3,fcn,refinenet")
     p.add_argument("--curve", default="1,2")

@@ -179,16 +179,16 @@ def write_raster(
         srs = osr.SpatialReference()
         srs.ImportFromEPSG(epsg)
         ds.SetProjection(srs.ExportToWkt())
+    if color_table:  # before any pixel: GDAL >= 3.12 refuses to change a GeoTIFF's photometric
+        table = gdal.ColorTable()  # interpretation once data is written
+        for value, rgb in color_table.items():
+            table.SetColorEntry(int(value), tuple(rgb) + ((255,) if len(rgb) == 3 else ()))
+        ds.GetRasterBand(1).SetRasterColorTable(table)
     for i in range(bands):
         band = ds.GetRasterBand(i + 1)
         if nodata is not None:
             band.SetNoDataValue(nodata)
         band.WriteArray(arr[i])
-    if color_table:
-        table = gdal.ColorTable()
-        for value, rgb in color_table.items():
-            table.SetColorEntry(int(value), tuple(rgb) + ((255,) if len(rgb) == 3 else ()))
-        ds.GetRasterBand(1).SetRasterColorTable(table)
     if category_names:
         ds.GetRasterBand(1).SetCategoryNames(category_names)
     ds.FlushCache()

@@ -125,3 +125,21 @@ def test_cuda_out_of_memory_halves_the_batch(tmp_path):
     assert f"Set BATCH_SIZE to {res.batch_size}" in logs[-1]
     gpu, ref = read_raster(res.output), read_raster(cpu.output)
     assert (gpu == ref).mean() > 0.99  # fp16 autocast may flip near-ties
+
+
+def test_onnx_runtime_runs_pt_models_on_the_cpu_beside_a_gpu(tmp_path):
+    """RUNTIME onnx with DEVICE auto takes the CPU (ONNX runs .pt models there only); with
+    DEVICE cuda it says which setting to change."""
+    from mapseg.core.errors import MapSegError
+    from mapseg.core.model.onnxnet import onnxruntime_available
+
+    if not onnxruntime_available():
+        pytest.skip("onnxruntime is not installed")
+    model = trained_model(tmp_path / "m.pt", steps=60)
+    src = write_raster(tmp_path / "in.tif", blobs(96, 96, seed=3)[0], geotransform=GT)
+    res = segment_raster(src, model, str(tmp_path / "a.tif"), options=Options(runtime="onnx"))
+    assert res.device == "cpu" and res.runtime.startswith("ONNX Runtime")
+    with pytest.raises(MapSegError, match="RUNTIME onnx runs .pt models on the CPU only"):
+        opts = Options(runtime="onnx", device="cuda")
+        segment_raster(src, model, str(tmp_path / "b.tif"), options=opts)
+    assert not (tmp_path / "b.tif").exists()

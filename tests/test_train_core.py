@@ -120,6 +120,7 @@ def test_modelfile_roundtrip_and_model_info(trained):
         capture_output=True,
         text=True,
         check=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),  # this mapseg
     ).stdout
     assert "unet" in out and "class 1" in out and "class 3" in out and "epochs       : 10" in out
 

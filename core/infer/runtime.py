@@ -125,8 +125,12 @@ def open_runtime(handle: ModelHandle, opts, tile: int, overlap: int, rep: Report
         model = handle.onnx
         device = model.device
     else:
-        device = resolve_device(opts.device)
-        model = _cached_onnx(handle, device, runtime_choice(opts.runtime), tile, overlap, rep)
+        choice = runtime_choice(opts.runtime)
+        # ONNX runs .pt models on the CPU, so with RUNTIME onnx "auto" means the CPU, even where
+        # PyTorch sees a GPU
+        auto = (opts.device or "auto").strip().lower() == "auto"
+        device = "cpu" if choice == "onnx" and auto else resolve_device(opts.device)
+        model = _cached_onnx(handle, device, choice, tile, overlap, rep)
         if model is None:
             model = _torch_model(handle, device, getattr(opts, "checkpoint", ""))
     batch = int(opts.batch_size or default_batch(tile, device))
@@ -157,7 +161,10 @@ def _cached_onnx(handle: ModelHandle, device, choice, tile, overlap, rep) -> Onn
     """The .pt model as a cached ONNX export on the CPU, or None to run it with PyTorch."""
     if choice == "torch" or handle.sha256 is None or device != "cpu":
         if choice == "onnx" and device != "cpu":
-            raise MapSegError("The ONNX runtime for .pt models runs on the CPU only here.")
+            raise MapSegError(
+                f"RUNTIME onnx runs .pt models on the CPU only, and DEVICE is {device}. Set DEVICE "
+                "to cpu or auto for ONNX Runtime, or RUNTIME to torch (or auto) for the GPU."
+            )
         return None
     from ..model.export import cache_export, cached_onnx_path
 

@@ -218,9 +218,10 @@ def embed(net, x: np.ndarray) -> np.ndarray:
     import torch
 
     net.eval()
+    device = next(net.parameters()).device  # the GPU the net was trained on, or the CPU
     with torch.no_grad():
-        out = net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].cpu())
-    return out[0].numpy()
+        out = net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device))
+    return out[0].float().cpu().numpy()
 
 
 def segment(emb: np.ndarray, image: np.ndarray, valid: np.ndarray, k: int, seed: int = 0):
