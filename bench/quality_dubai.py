@@ -104,7 +104,10 @@ def train(tiles, labels, out, arch, minutes, args, **job_kw) -> tuple:
         architecture=arch,
         classes=job_kw.pop("classes", NAMES),
         val_fraction=0.2,
-        fit=FitConfig(epochs=10_000, max_minutes=minutes, device=args.device, seed=args.seed),
+        # batch 0: the device default (8 on a CPU, 16 on CUDA), as Train Model's BATCH_SIZE 0
+        fit=FitConfig(
+            epochs=10_000, batch_size=0, max_minutes=minutes, device=args.device, seed=args.seed
+        ),  # fmt: skip
         **job_kw,
     )
     t0 = time.perf_counter()
