@@ -98,6 +98,21 @@ def test_pseudo_labels_legend_lists_the_classes_not_unlabelled(provider, tmp_pat
     layer = fresh(dest)
     assert [(v, name) for v, name, _ in palette(layer)] == [(1, "bright"), (2, "dark")]
     assert layer.dataProvider().sourceNoDataValue(1) == 0  # unlabelled: nodata, transparent
+    # superpixel ids: 12 colours in equal ranges over the scrambled ids, one legend line
+    from qgis.core import QgsColorRampShader
+
+    sp = fresh(tmp_path / "sp.tif")
+    assert ramp(sp) == (1, 2**32 - 1) and sp.dataProvider().sourceNoDataValue(1) == 0
+    shader = sp.renderer().shader().rasterShaderFunction()
+    assert shader.colorRampType() == QgsColorRampShader.Discrete
+    items = shader.colorRampItemList()
+    assert len({i.color.name() for i in items}) == 12
+    assert [i.label for i in items if i.label] == ["superpixels (12 colours, repeated)"]
+    ids = read_raster(tmp_path / "sp.tif").astype(np.int64)
+    colours = {int(i.value): i.color.name() for i in items}
+    bounds = np.array(sorted(colours))
+    drawn = bounds[np.searchsorted(bounds, ids[ids > 0])]  # DISCRETE: first bound >= the id
+    assert len({colours[int(b)] for b in drawn}) >= 6  # the ids spread over the colours
 
 
 @pytest.mark.parametrize("with_class", [True, False])

@@ -232,3 +232,32 @@ def test_huge_sparse_raster_work_follows_the_points(tmp_path):
     for c, r_, k in zip(cols, rows, classes):
         assert band.ReadAsArray(int(c), int(r_), 1, 1)[0, 0] == k
     assert (band.ReadAsArray(30000, 2000, 512, 512) == 0).all()  # far from points: nodata
+
+
+def test_superpixel_ids_are_unique_and_neighbours_get_different_colours(tmp_path):
+    """The ids are scrambled over UInt32 (a bijection, 0 kept for nodata), so the 12-colour
+    default style gives adjacent superpixels different colours nearly always."""
+    img = np.random.default_rng(3).normal(100, 30, (3, 160, 160)).astype(np.float32)
+    src = write_raster(tmp_path / "noise.tif", img, geotransform=GT)
+    pts = [(c, r, 1 + (c + r) % 2) for c in range(10, 160, 30) for r in range(10, 160, 30)]
+    xs, ys = zip(*(xy(c, r) for c, r, _ in pts))
+    sp_dest = str(tmp_path / "sp.tif")
+    spx.pseudo_label(src, xs, ys, [k for *_, k in pts], str(tmp_path / "lab.tif"), method="slic",
+                     size=8, superpixels_dest=sp_dest)  # fmt: skip
+    sp = gdal.Open(sp_dest).ReadAsArray().astype(np.int64)
+    ids = np.unique(sp[sp > 0])
+    assert ids.size > 30
+    # the inverse of the odd multiplier gives back the windows' running numbers (small,
+    # distinct: a bijection), from which the scrambled ids were made
+    inverse = pow(2654435761, -1, 2**32)
+    numbers = np.array([int(i) * inverse % 2**32 for i in ids])
+    assert numbers.min() >= 1 and numbers.max() < 20 * ids.size
+    assert np.array_equal(spx.scramble_ids(numbers.astype(np.uint32)), ids.astype(np.uint32))
+    colour = (sp - 1) * 12 // (2**32 - 1)  # the style's 12 equal ranges over [1, 2^32 - 1]
+    pairs = [(sp[:, 1:], sp[:, :-1], colour[:, 1:], colour[:, :-1]),
+             (sp[1:], sp[:-1], colour[1:], colour[:-1])]  # fmt: skip
+    edges = [(a != b) & (a > 0) & (b > 0) for a, b, _, _ in pairs]
+    differ = sum(((ca != cb) & e).sum() for (_, _, ca, cb), e in zip(pairs, edges))
+    assert differ / sum(e.sum() for e in edges) > 0.8
+    qml = (tmp_path / "sp.qml").read_text()
+    assert 'colorRampType="DISCRETE"' in qml and qml.count("<item ") == 12

@@ -15,7 +15,7 @@ from typing import Iterable, List, Mapping
 from ..progress import Reporter
 from .outputs import OutputSet
 from .raster import OutputRaster
-from .styles import class_raster_style, ramp_style
+from .styles import class_raster_style, id_style, ramp_style
 
 
 def class_list(values: Iterable[int], colors: Mapping | None, names: Mapping | None) -> list:
@@ -47,6 +47,11 @@ def style_range(out: OutputRaster, ramp: str = "viridis") -> None:
     """A colour ramp over the range the raster really holds (e.g. 0.5..0.97 of a confidence)."""
     span = written_range(out) or (0.0, 1.0)
     OutputSet.style(out, ramp_style(span[0], span[1], ramp))
+
+
+def style_ids(out: OutputRaster, label: str) -> None:
+    """Twelve colours over the UInt32 range, for ids spread over it (neighbours differ)."""
+    OutputSet.style(out, id_style(2**32 - 1, label))
 
 
 def publish_classes(

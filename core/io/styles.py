@@ -36,6 +36,9 @@ RAMPS = {
     "terrain": [(0.0, 26, 150, 65), (0.25, 166, 217, 106), (0.5, 255, 255, 191),
                 (0.75, 253, 174, 97), (1.0, 215, 25, 28)],
 }  # fmt: skip
+# ColorBrewer Paired: 12 colours told apart at a glance, for ids whose neighbours must differ.
+QUALITATIVE = ["#a6cee3", "#1f78b4", "#b2df8a", "#33a02c", "#fb9a99", "#e31a1c", "#fdbf6f",
+               "#ff7f00", "#cab2d6", "#6a3d9a", "#ffff99", "#b15928"]  # fmt: skip
 _HEAD = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
 _PIPE_TAIL = (
     '  <brightnesscontrast contrast="0" gamma="1" brightness="0"/>\n'
@@ -153,6 +156,26 @@ def ramp_style(lo: float, hi: float, ramp: str = "viridis", transparent_zero: bo
         "    </colorrampshader>\n   </rastershader>"
     )
     return _raster("singlebandpseudocolor", body, zero)
+
+
+def id_style(hi: float, label: str, colors: Sequence[str] = QUALITATIVE) -> str:
+    """Ids in ``[1, hi]`` drawn in ``colors`` by equal ranges (DISCRETE): ids spread over the
+    range (``core.labels.pseudolabel.scramble_ids``) give neighbours different colours; 0 is
+    nodata. The legend shows the colours once, under ``label``."""
+    n = len(colors)
+    items = "".join(
+        f'\n     <item value="{_number(1 + (i + 1) * (hi - 1) / n)}" color="{c}" alpha="255" '
+        f"label={quoteattr(label if i == 0 else '')}/>"
+        for i, c in enumerate(colors)
+    )
+    body = (
+        f' classificationMin="1" classificationMax="{_number(hi)}">\n'
+        "   <rastershader>\n"
+        '    <colorrampshader colorRampType="DISCRETE" classificationMode="2" clip="0" '
+        f'minimumValue="1" maximumValue="{_number(hi)}" labelPrecision="0">{items}\n'
+        "    </colorrampshader>\n   </rastershader>"
+    )
+    return _raster("singlebandpseudocolor", body)
 
 
 def _gradient(ramp: str, indent: str) -> str:

@@ -27,7 +27,7 @@ from ..errors import MapSegError
 from ..io.gdal_errors import engine_call
 from ..io.normalize import band_stats
 from ..io.raster import OutputRaster, open_raster, raster_info, smallest_int_type
-from ..io.styled_outputs import publish_classes
+from ..io.styled_outputs import publish_classes, style_ids
 from ..io.windows import BandWindows
 from ..progress import Reporter
 from .pointwindows import HALO, MAX_CORE_CELLS, REACH, Box, plan_windows  # noqa: F401
@@ -218,8 +218,16 @@ class WindowLabeller:
         if self.sp_out is not None:
             ids = labels[cy, cx].astype(np.uint32)
             ids[ids > 0] += np.uint32(self.next_id)
-            self.sp_out.write(ids, core[0], core[1])
+            self.sp_out.write(scramble_ids(ids), core[0], core[1])
             self.next_id += int(labels.max())
+
+
+def scramble_ids(ids: np.ndarray) -> np.ndarray:
+    """Ids times an odd constant modulo 2^32 (Knuth's multiplicative hash): still unique (the
+    map is a bijection of UInt32) and 0 stays 0 (nodata), but neighbouring superpixels, numbered
+    in a row, land far apart in the range, so a style of a few colours over it tells them
+    apart."""
+    return (ids.astype(np.uint64) * np.uint64(2654435761) % np.uint64(2**32)).astype(np.uint32)
 
 
 def new_counts(given: int, outside: int, values, windows: int, nodata: int, info) -> dict:
@@ -259,6 +267,8 @@ def write_labels(info, dests, gdal_type, styling: dict, labeller, plans, reporte
             values = sorted(set(result["pixels_per_class"]) | set(styling["category_names"] or {}))
             values = [v for v in values if v != result["nodata"]]
             names, table = styling["category_names"], styling["color_table"]
+            if sp_out is not None:
+                style_ids(sp_out, "superpixels (12 colours, repeated)")
             publish_classes(out, values, table, names, extra=[sp_out])
         finally:
             if sp_out is not None and not sp_out._done:
