@@ -107,7 +107,7 @@ def train(tiles, labels, out, arch, minutes, args, **job_kw) -> tuple:
         # batch 0: the device default (8 on a CPU, 16 on CUDA), as Train Model's BATCH_SIZE 0
         fit=FitConfig(
             epochs=10_000, batch_size=0, max_minutes=minutes, device=args.device, seed=args.seed
-        ),  # fmt: skip
+        ),
         **job_kw,
     )
     t0 = time.perf_counter()
