@@ -19,9 +19,9 @@ def _cpu_or_no_torch(device: str | None) -> bool:
     """True when PyTorch is missing, or the device is the CPU (known without importing torch)."""
     import importlib.util
 
-    from ..model.device import gpu_driver_present
+    from ..model.device import device_name, gpu_driver_present
 
-    name = (device or "auto").strip().lower()
+    name = device_name(device)
     no_torch = importlib.util.find_spec("torch") is None
     return no_torch or name == "cpu" or (name == "auto" and not gpu_driver_present())
 

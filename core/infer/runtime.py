@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MapSegError
-from ..model.device import resolve_device
+from ..model.device import device_name, resolve_device
 from ..model.network import default_batch
 from ..model.onnxnet import OnnxModel, onnxruntime_available
 from ..progress import Reporter
@@ -128,7 +128,7 @@ def open_runtime(handle: ModelHandle, opts, tile: int, overlap: int, rep: Report
         choice = runtime_choice(opts.runtime)
         # ONNX runs .pt models on the CPU, so with RUNTIME onnx "auto" means the CPU, even where
         # PyTorch sees a GPU
-        auto = (opts.device or "auto").strip().lower() == "auto"
+        auto = device_name(opts.device) == "auto"
         device = "cpu" if choice == "onnx" and auto else resolve_device(opts.device)
         model = _cached_onnx(handle, device, choice, tile, overlap, rep)
         if model is None:

@@ -22,9 +22,14 @@ def gpu_driver_present() -> bool:
     return True
 
 
+def device_name(name: str | None) -> str:
+    """A DEVICE value as written, normalised: empty -> 'auto', spaces and case ignored."""
+    return (name or "auto").strip().lower()
+
+
 def resolve_device(name: str | None) -> str:
     """'auto' -> 'cuda' when PyTorch sees a GPU, else 'cpu'; 'cuda' and 'cuda:N' are checked."""
-    name = (name or "auto").strip().lower()
+    name = device_name(name)
     if name == "cpu":
         return name
     torch_missing = importlib.util.find_spec("torch") is None

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import MapSegError
 from ..progress import Reporter
+from .device import device_name
 from .onnxmeta import deepness_meta, mapseg_meta
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -37,7 +38,7 @@ def _providers(device: str):
     """(providers, resolved device) for ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     import onnxruntime as ort
 
-    name = (device or "auto").strip().lower()
+    name = device_name(device)
     has_cuda = CUDA in ort.get_available_providers()
     if name == "auto":
         name = "cuda" if has_cuda else "cpu"
