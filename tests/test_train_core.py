@@ -20,7 +20,7 @@ from mapseg.core.model.modelfile import build_model, load_model
 from mapseg.core.progress import Reporter
 from mapseg.core.train.dataset import Tile, TileReader, TileSet, scan_tiles, spatial_split
 from mapseg.core.train.job import TrainJob, train_model
-from mapseg.core.train.loop import FitConfig, fit
+from mapseg.core.train.loop import BestModel, FitConfig, fit
 from mapseg.core.train.losses import class_weights
 
 LEVELS = np.array([300, 1500, 2700])  # band-1 value of classes 1, 2, 3 (uint16 imagery)
@@ -278,6 +278,27 @@ def test_time_limit_stops_and_keeps_a_model(tmp_path, data):
     assert load_model(str(tmp_path / "model.pt"))[0]["training"]["stopped_early"]
 
 
+def test_best_model_is_the_lowest_validation_loss():
+    """A higher mIoU at a higher loss does not replace the kept weights; a NaN loss never wins;
+    at an equal loss the higher mIoU does."""
+    net = torch.nn.Linear(2, 2)
+    best, cm = BestModel(), ConfusionMatrix(2)
+
+    def offer(value: float, loss: float, miou: float) -> None:
+        with torch.no_grad():
+            net.weight.fill_(value)
+        best.offer(net, loss, cm, {"miou": miou})
+
+    offer(1.0, 0.50, 0.40)
+    offer(2.0, 0.70, 0.90)  # luckier mIoU, worse loss: not kept
+    offer(3.0, float("nan"), 0.99)
+    assert float(best.state["weight"][0, 0]) == 1.0
+    offer(4.0, 0.50, 0.45)  # same loss, higher mIoU: kept
+    offer(5.0, 0.30, 0.10)  # lower loss: kept
+    assert float(best.state["weight"][0, 0]) == 5.0
+    assert best.key == (-0.30, 0.10)
+
+
 def test_cancel_during_training_keeps_the_best_model(tmp_path, data):
     calls = {"n": 0, "epochs": 0}
     log = []
@@ -294,8 +315,10 @@ def test_cancel_during_training_keeps_the_best_model(tmp_path, data):
     tr = meta["training"]
     assert tr["stopped_early"] and tr["stop_reason"] == "canceled"
     assert tr["epochs_run"] == 2 and len(meta["history"]) == 2
-    best = max(h["val_miou"] for h in meta["history"])
-    assert meta["metrics"]["miou"] == pytest.approx(best)
+    # The kept epoch is the one with the lowest validation loss (ties: the higher mIoU).
+    kept = min(meta["history"], key=lambda h: (h["val_loss"], -h["val_miou"]))
+    assert meta["metrics"]["miou"] == pytest.approx(kept["val_miou"])
+    assert meta["training"]["kept_epoch"] == kept["epoch"]
     assert any("canceled by the user" in m for m in log)
     assert os.path.exists(tmp_path / "model.pt")
 

@@ -85,6 +85,9 @@ def test_report_holds_curves_and_tables(trained):
     assert "per-class IoU curve" in text and "random windows" in text
     assert "Per-class scores" in text and "Confusion matrix" in text
     meta, _ = load_model(str(out))
+    kept = min(meta["history"], key=lambda h: (h["val_loss"], -h["val_miou"]))["epoch"]
+    assert meta["training"]["kept_epoch"] == kept
+    assert f"<td>Epoch kept</td><td>{kept} (lowest validation loss)</td>" in text
     for c, p in zip(meta["classes"], meta["metrics"]["per_class"]):
         assert c["name"] in text and f"{p['iou']:.4f}" in text
     row = meta["metrics"]["confusion"][0]

@@ -200,6 +200,7 @@ def _training_record(job, result: FitResult, data: TrainData, weights) -> dict:
         "mixed_precision": result.amp,
         "seconds": round(result.seconds, 2),
         "epochs_run": result.epochs_run,
+        "kept_epoch": result.extra.get("kept_epoch", 0),
         "epochs": job.fit.epochs,
         "stopped_early": result.stopped_early,
         "stop_reason": result.stop_reason,

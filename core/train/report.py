@@ -90,6 +90,7 @@ def _summary(meta: dict) -> str:
         ["Device", esc(str(tr.get("device"))) + (" (AMP)" if tr.get("mixed_precision") else "")],
         ["Training time", f"{float(tr.get('seconds', 0)):.1f} s"],
         ["Epochs run", f"{tr.get('epochs_run', len(hist))} of {tr.get('epochs', '?')}"],
+        ["Epoch kept", f"{tr.get('kept_epoch') or '-'} (lowest validation loss)"],
         ["Sampling", esc(f"{tr.get('sampling', 'grid tiles')}, "
                          f"{tr.get('steps_per_epoch', '?')} steps per epoch")],
         ["Defaults chosen", esc(" ".join(tr.get("defaults") or []) or "-")],
