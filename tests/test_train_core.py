@@ -294,6 +294,7 @@ def test_best_model_is_the_lowest_validation_loss():
     offer(3.0, float("nan"), 0.99)
     assert float(best.state["weight"][0, 0]) == 1.0
     offer(4.0, 0.50, 0.45)  # same loss, higher mIoU: kept
+    assert float(best.state["weight"][0, 0]) == 4.0
     offer(5.0, 0.30, 0.10)  # lower loss: kept
     assert float(best.state["weight"][0, 0]) == 5.0
     assert best.key == (-0.30, 0.10)

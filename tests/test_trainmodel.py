@@ -18,6 +18,7 @@ from osgeo import ogr, osr
 from test_train_core import scene
 
 from mapseg.core.model.modelfile import load_model
+from mapseg.core.train.report import report_html
 
 FAST = {
     "ARCHITECTURE": "unet",
@@ -88,6 +89,9 @@ def test_report_holds_curves_and_tables(trained):
     kept = min(meta["history"], key=lambda h: (h["val_loss"], -h["val_miou"]))["epoch"]
     assert meta["training"]["kept_epoch"] == kept
     assert f"<td>Epoch kept</td><td>{kept} (lowest validation loss)</td>" in text
+    # A file from before the rule does not say which epoch it kept: no claim is made.
+    del meta["training"]["kept_epoch"]
+    assert "<td>Epoch kept</td><td>-</td>" in report_html(meta)
     for c, p in zip(meta["classes"], meta["metrics"]["per_class"]):
         assert c["name"] in text and f"{p['iou']:.4f}" in text
     row = meta["metrics"]["confusion"][0]

@@ -77,6 +77,11 @@ def _finite(values) -> list:
     return [v if v == v else None for v in values]  # NaN -> gap in the curve
 
 
+def _kept(tr: dict) -> str:
+    # Files trained before 1 December 2026 kept the best validation mIoU and do not say which epoch.
+    return f"{tr['kept_epoch']} (lowest validation loss)" if tr.get("kept_epoch") else "-"
+
+
 def _summary(meta: dict) -> str:
     esc = html.escape
     metrics = meta.get("metrics") or {}
@@ -90,7 +95,7 @@ def _summary(meta: dict) -> str:
         ["Device", esc(str(tr.get("device"))) + (" (AMP)" if tr.get("mixed_precision") else "")],
         ["Training time", f"{float(tr.get('seconds', 0)):.1f} s"],
         ["Epochs run", f"{tr.get('epochs_run', len(hist))} of {tr.get('epochs', '?')}"],
-        ["Epoch kept", f"{tr.get('kept_epoch') or '-'} (lowest validation loss)"],
+        ["Epoch kept", _kept(tr)],
         ["Sampling", esc(f"{tr.get('sampling', 'grid tiles')}, "
                          f"{tr.get('steps_per_epoch', '?')} steps per epoch")],
         ["Defaults chosen", esc(" ".join(tr.get("defaults") or []) or "-")],
