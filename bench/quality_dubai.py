@@ -120,7 +120,7 @@ def train(tiles, labels, out, arch, minutes, args, **job_kw) -> tuple:
 
 
 def score_model(out, test, values, device, binary_of=None, tta=False) -> dict:
-    preds = [qc.predict(out, t[2], device, tta) for t in test]
+    preds = [qc.predict(out, t[0], device, tta) for t in test]
     refs = [t[3] if binary_of is None else (t[3] == binary_of).astype(np.int64) for t in test]
     return qc.scores(preds, refs, [t[4] for t in test], values)
 

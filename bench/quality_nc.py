@@ -150,7 +150,8 @@ def main() -> int:
         epochs = f"{meta['training']['epochs_run']} (val mIoU {meta['metrics']['miou']:.3f})"
         for tta in (False, True) if args.tta else (False,):
             name = arch + (" + TTA" if tta else "")
-            s = qc.scores([qc.predict(out, east_img, tta=tta)], [east_ref], [east_valid], values)
+            pred = qc.predict(out, v["img", "east"], tta=tta)
+            s = qc.scores([pred], [east_ref], [east_valid], values)
             rows.append((name, s, seconds, epochs))
             print(f"  {name}: east mIoU {s['miou']:.3f}, per class "
                   f"{[round(c['iou'], 3) for c in s['per_class']]}", flush=True)  # fmt: skip

@@ -116,8 +116,8 @@ def train_and_score(label_path, v, east, values, args, seed, tmp) -> tuple:
     t0 = time.perf_counter()
     meta = train_model(job, Reporter())
     seconds = time.perf_counter() - t0
-    east_img, east_ref, east_valid = east
-    s = qc.scores([qc.predict(out, east_img)], [east_ref], [east_valid], values)
+    _, east_ref, east_valid = east
+    s = qc.scores([qc.predict(out, v["img", "east"])], [east_ref], [east_valid], values)
     os.remove(out)
     return s, seconds, meta["training"]["epochs_run"]
 

@@ -15,6 +15,7 @@ from osgeo import gdal, ogr, osr
 from mapseg.core.errors import CanceledError, MapSegError
 from mapseg.core.evaluate.metrics import ConfusionMatrix
 from mapseg.core.io.normalize import normalise
+from mapseg.core.io.windows import BandWindows
 from mapseg.core.labels import classes as lab
 from mapseg.core.model.modelfile import build_model, load_model
 from mapseg.core.progress import Reporter
@@ -413,6 +414,33 @@ def test_tile_reader_pads_small_rasters(tmp_path):
     assert np.allclose(x[:, :20, :24], np.clip(img, 0, 1000) / 1000.0)
     assert (x[:, 20:, :] == 0).all() and (y[20:, :] == -1).all() and (y[:, 24:] == -1).all()
     assert (y[:20, :12] == 1).all() and (y[:20, 12:24] == 0).all()
+
+
+def test_a_band_missing_in_a_strip_is_zeroed_alone_in_training_and_inference(tmp_path):
+    """Nodata in one band zeroes that band only (the others stay context, as for a Landsat
+    thermal band covering less ground), its labels are ignored, and Train Model's tiles are
+    exactly Segment Raster's. A high nodata value (255) must not read as the band's maximum."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(10, 200, size=(3, 24, 30)).astype(np.uint8)
+    img[2, :, 18:] = 255  # band 3 has no data on the right
+    img[:, 20:, :4] = 255  # no band has data in the bottom-left corner
+    cls = np.ones((24, 30), np.uint8)
+    ip = write_raster(tmp_path / "i.tif", img, nodata=255)
+    lp = write_raster(tmp_path / "l.tif", cls)
+    ds = gdal.Open(ip)
+    layers = [lab.label_raster(lp, ds, 0, Reporter())]
+    stats = [{"offset": 10.0, "scale": 190.0, "low": 10.0, "high": 200.0}] * 3
+    x, y = np.empty((3, 32, 32), np.float32), np.empty((32, 32), np.int64)
+    tile = scan_tiles([ds], layers, 32, Reporter())[0]
+    TileReader([ds], layers, [1], stats, 32).read(tile, x, y)
+    inferred, ok = BandWindows(ds, stats).read((0, 0, 30, 24))
+    assert np.array_equal(x[:, :24, :30], inferred)
+    expected = (np.clip(img.astype(np.float32), 10, 200) - 10) / 190
+    expected[img == 255] = 0.0
+    assert np.allclose(inferred, expected, atol=1e-6)
+    assert (inferred[:2, :20, 18:] > 0).any()  # bands 1-2 kept where band 3 is missing
+    assert not ok[:, 18:].any() and not ok[20:, :4].any() and ok[:20, :18].all()
+    assert (y[:24, :30][~ok] == -1).all() and (y[:24, :30][ok] == 0).all()
 
 
 def test_model_info_of_missing_file_fails_cleanly(tmp_path, capsys):

@@ -20,8 +20,9 @@ import numpy as np
 from osgeo import gdal
 
 from ..errors import MapSegError
-from ..io.normalize import normalise, valid_stack_mask
+from ..io.normalize import valid_stack_mask
 from ..io.tiling import axis_starts
+from ..io.windows import BandWindows
 from ..labels.classes import LabelLayer, label_values
 from ..progress import Reporter
 
@@ -188,14 +189,12 @@ class TileReader:
         self.stats = band_stats
         self.size = tile_size
         self.bands = images[0].RasterCount
+        # Segment Raster's own reader: nodata, masks and normalisation as at inference.
+        self.windows = [BandWindows(ds, band_stats) for ds in images]
 
     def read(self, t: Tile, x_out: np.ndarray, y_out: np.ndarray) -> None:
-        ds = self.images[t.raster]
-        block = ds.ReadAsArray(t.x, t.y, t.w, t.h).astype(np.float32, copy=False)
-        block = block.reshape(self.bands, t.h, t.w)
-        valid = valid_stack_mask(ds, range(1, self.bands + 1), block)
         x_out.fill(0.0)
-        normalise(block, self.stats, out=x_out[:, : t.h, : t.w])
+        _, valid = self.windows[t.raster].read((t.x, t.y, t.w, t.h), out=x_out[:, : t.h, : t.w])
         layer = self.labels[t.raster]
         lab = layer.dataset.GetRasterBand(1).ReadAsArray(t.x, t.y, t.w, t.h)
         keep = label_values(lab, layer.unlabelled) & valid
