@@ -47,7 +47,7 @@ class BandWindows:
         """Zero each band of ``x`` where that band of ``block`` is nodata; True where every
         band holds data. Only the missing band is zeroed: a Landsat scene whose thermal band
         covers less ground keeps its other bands there as context for the pixels nearby
-        (zeroing all bands cost a NC U-Net 0.033 mIoU on the pixels next to that strip)."""
+        (zeroing all bands there cost a NC U-Net 0.033 east mIoU, 0.308 -> 0.275)."""
         ok = np.ones(block.shape[1:], dtype=bool)
         if self.maskable:
             for b, nodata in enumerate(self.nodata):
