@@ -4,9 +4,9 @@ and a learning curve (issue 11's benchmarks; figures in bench/RESULTS_train.md).
 Tile 1 of ``../shared/data/labelled_multiclass_dubai`` (9 RGB images with colour masks, 5
 classes + unlabelled): Train Model learns from images 1-6 with their full masks (its own spatial
 validation inside them), and every method is scored on images 7-9, which nothing saw (the
-networks as Segment Raster segments them with its defaults). The
-baseline is a random forest on per-pixel colour and local statistics, trained on pixels of the
-same images 1-6, in the same run. Parts (``--parts``):
+networks as Segment Raster segments them with its defaults). The baseline is a random forest on
+per-pixel colour and local statistics, trained on pixels of the same images 1-6, in the same
+run. Parts (``--parts``):
 
 - ``multiclass``: U-Net for ``--minutes``, and each of ``--archs`` for ``--arch-minutes``;
 - ``curve``: U-Net after each of ``--curve`` minutes (plus the main run), drawn to a PNG;

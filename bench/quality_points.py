@@ -116,7 +116,7 @@ def train_and_score(label_path, v, east, values, args, seed, tmp) -> tuple:
     t0 = time.perf_counter()
     meta = train_model(job, Reporter())
     seconds = time.perf_counter() - t0
-    _, east_ref, east_valid = east
+    east_ref, east_valid = east
     s = qc.scores([qc.predict(out, v["img", "east"])], [east_ref], [east_valid], values)
     os.remove(out)
     return s, seconds, meta["training"]["epochs_run"]
@@ -170,7 +170,7 @@ def main() -> int:
     sources.append(("points only (1 px each)", dest))
     sources.append(("full strata labels", v["lab", "west"]))
 
-    east = (east_img, east_ref, east_valid)
+    east = (east_ref, east_valid)
     results = {}  # name -> list of scores per seed
     for seed in range(args.seed, args.seed + args.runs):
         for name, path in sources:

@@ -186,7 +186,6 @@ class TileReader:
         self.values = np.asarray(sorted(int(v) for v in class_values), dtype=np.int64)
         if list(self.values) != [int(v) for v in class_values]:
             raise MapSegError("Internal error: class values must be sorted.")
-        self.stats = band_stats
         self.size = tile_size
         self.bands = images[0].RasterCount
         # Segment Raster's own reader: nodata, masks and normalisation as at inference.
