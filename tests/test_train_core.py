@@ -443,6 +443,34 @@ def test_a_band_missing_in_a_strip_is_zeroed_alone_in_training_and_inference(tmp
     assert (y[:24, :30][~ok] == -1).all() and (y[:24, :30][ok] == 0).all()
 
 
+def test_labels_outside_an_explicit_mask_count_nowhere(tmp_path):
+    """A GDAL mask band (no nodata value): labels it hides are neither counted nor read, and a
+    tile whose labels all lie outside it is no tile (it would make a batch with no label)."""
+    img = np.random.default_rng(1).integers(10, 200, size=(2, 40, 64)).astype(np.uint8)
+    ip = write_raster(tmp_path / "i.tif", img)
+    ds = gdal.Open(ip, gdal.GA_Update)
+    ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+    mask = np.full((40, 64), 255, np.uint8)
+    mask[:, 32:] = 0  # the right-hand tiles hold no data
+    mask[:10, :8] = 0  # and a corner of the left-hand one
+    ds.GetRasterBand(1).GetMaskBand().WriteArray(mask)
+    ds = None
+    cls = np.ones((40, 64), np.uint8)
+    cls[:, 16:] = 2
+    lp = write_raster(tmp_path / "l.tif", cls)
+    ds = gdal.Open(ip)
+    layers = [lab.label_raster(lp, ds, 0, Reporter())]
+    tiles = scan_tiles([ds], layers, 32, Reporter())
+    assert sorted((t.x, t.y) for t in tiles) == [(0, 0), (0, 8)]  # no tile at x = 32
+    top = next(t for t in tiles if t.y == 0)
+    assert top.values == {1: 16 * 32 - 10 * 8, 2: 16 * 32}
+    stats = [{"offset": 0.0, "scale": 255.0, "low": 0.0, "high": 255.0}] * 2
+    x, y = np.empty((2, 32, 32), np.float32), np.empty((32, 32), np.int64)
+    TileReader([ds], layers, [1, 2], stats, 32).read(top, x, y)
+    assert int((y == 0).sum()) == top.values[1] and int((y == 1).sum()) == top.values[2]
+    assert (y[:10, :8] == -1).all() and (x[:, :10, :8] == 0).all()
+
+
 def test_model_info_of_missing_file_fails_cleanly(tmp_path, capsys):
     from mapseg.core.model.info import main
 

@@ -57,6 +57,15 @@ class BandWindows:
                     ok &= band_ok
         return ok
 
+    def valid(self, win: Window) -> np.ndarray:
+        """(rows, cols) True where ``read`` would say every band holds data; ``win`` inside
+        the raster. Nothing is normalised, so it needs no band statistics."""
+        block = self.raw(win)
+        ok = self.zero_nodata(np.zeros(block.shape, np.float32), block)
+        if self.mask is not None:
+            ok &= read_mask(self.mask, win)
+        return ok
+
     def read(
         self, win: Window, out: np.ndarray | None = None, padding_valid: bool = True
     ) -> Tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,6 @@ import numpy as np
 from osgeo import gdal
 
 from ..errors import MapSegError
-from ..io.normalize import valid_stack_mask
 from ..io.tiling import axis_starts
 from ..io.windows import BandWindows
 from ..labels.classes import LabelLayer, label_values
@@ -61,8 +60,9 @@ def scan_tiles(
     reporter: Reporter,
 ) -> List[Tile]:
     """Every grid tile with at least one labelled pixel on image data, with its label value
-    counts. Labels on image nodata count nowhere: the reader masks them out, so a tile holding
-    only those would give batches without a labelled pixel (a NaN loss).
+    counts. Labels on image nodata or outside an explicit mask count nowhere: the reader masks
+    them out, so a tile holding only those would give batches without a labelled pixel (a NaN
+    loss).
 
     Labels are read one strip of tiles at a time and tiles without a label are skipped before
     any per-tile work, so a large raster with a small labelled area scans quickly at any tile
@@ -70,6 +70,9 @@ def scan_tiles(
     rows = [(r, row, y) for r, ds in enumerate(images)
             for row, y in enumerate(axis_starts(ds.RasterYSize, tile_size))]  # fmt: skip
     tiles, rng = [], np.random.default_rng(0)
+    # TileReader's own rule (nodata in any band, an explicit mask), so no counted label is
+    # one the reader then drops; validity needs no statistics
+    windows = [BandWindows(ds, ()) for ds in images]
     for i, (r, row, y) in enumerate(rows):
         ds, layer = images[r], labels[r]
         w, h = min(tile_size, ds.RasterXSize), min(tile_size, ds.RasterYSize)
@@ -81,7 +84,7 @@ def scan_tiles(
             if before[x + w] == before[x]:
                 continue
             t = Tile(r, x, y, w, h, col, row)
-            keep = labelled[:, x : x + w] & _image_valid(ds, t)
+            keep = labelled[:, x : x + w] & windows[r].valid((x, y, w, h))
             if keep.any():
                 _count_labels(t, np.rint(strip[:, x : x + w]).astype(np.int64), keep, rng)
                 tiles.append(t)
@@ -97,12 +100,6 @@ def _count_labels(t: Tile, lab: np.ndarray, keep: np.ndarray, rng, anchors: int 
         rows, cols = np.nonzero(keep & (lab == v))
         pick = rng.choice(rows.size, size=min(anchors, rows.size), replace=False)
         t.points[int(v)] = np.stack([rows[pick] + t.y, cols[pick] + t.x], axis=1)
-
-
-def _image_valid(ds: gdal.Dataset, t: Tile) -> np.ndarray:
-    """Where every band of the image holds data inside tile ``t``."""
-    block = ds.ReadAsArray(t.x, t.y, t.w, t.h).reshape(ds.RasterCount, t.h, t.w)
-    return valid_stack_mask(ds, range(1, ds.RasterCount + 1), block)
 
 
 def class_counts(tiles: Sequence[Tile], values: Sequence[int]) -> np.ndarray:
