@@ -64,7 +64,11 @@ class SegmentRaster(MapSegAlgorithm):
                 )
             ),
             P.advanced(
-                P.integer(self.OVERLAP, "Tile overlap in pixels (0: an eighth of the tile)", **ZERO)
+                P.integer(
+                    self.OVERLAP,
+                    "Tile overlap in pixels (0: an eighth of the tile, a quarter when label-free)",
+                    **ZERO,
+                )
             ),
             P.advanced(
                 P.integer(

@@ -79,6 +79,15 @@ def test_regions_are_recovered_with_stable_brightness_ordered_ids(tmp_path, mode
     assert np.array_equal(out, same)
 
 
+def test_label_free_overlap_defaults_to_a_quarter_of_the_tile(tmp_path, model, scene):
+    # a classes model's default stays an eighth (test_tiling); OVERLAP still overrides
+    src, _, truth = scene
+    res = segment(src, model, tmp_path / "a.tif", tile_size=48)
+    assert (res.tile_size, res.overlap) == (48, 12)
+    assert agreement(read_raster(res.output), truth, truth >= 0)["ari"] >= MIN_ARI
+    assert segment(src, model, tmp_path / "b.tif", tile_size=48, overlap=6).overlap == 6
+
+
 def test_neighbouring_extent_keeps_ids_for_the_same_land_cover(tmp_path, model, scene):
     src, _, truth = scene
     full = read_raster(segment(src, model, tmp_path / "full.tif").output)

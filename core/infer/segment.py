@@ -217,10 +217,13 @@ def open_inputs(
 
 
 def tiling(opts: Options, meta: dict) -> tuple[int, int]:
-    """(tile, overlap): the options', else the model's tile and an eighth of it."""
+    """(tile, overlap): the options', else the model's tile and an eighth of it (a quarter
+    for a label-free model: k-means splits its embeddings by distance, which the padding at
+    a tile's edge shifts; at 64 px a quarter gained NC 0.02 ARI and cost Dubai nothing)."""
     tile = int(opts.tile_size or meta.get("tile_size") or 256)
     pct = meta.get("tiles_overlap")  # Deepness models: percent of the tile
-    overlap = int(opts.overlap or (round(tile * pct / 100.0) if pct else max(tile // 8, 0)))
+    share = 4 if meta.get("mode") == "unsupervised" else 8
+    overlap = int(opts.overlap or (round(tile * pct / 100.0) if pct else tile // share))
     check_tiling(tile, overlap)
     if opts.batch_size < 0:
         raise MapSegError(f"BATCH_SIZE cannot be negative (got {opts.batch_size}).")

@@ -142,10 +142,12 @@ def _read_sample_tiles(reader: BandWindows, grid: TileGrid, window: Window, chun
         # inside the window (which lies inside the raster): real pixels only, no padding
         inside[max(wy - ty, 0) : max(wy + wh - ty, 0), max(wx - tx, 0) : max(wx + ww - tx, 0)] = 1
         ok &= inside
-        # Pixels within the overlap of a tile's edge lack context (padding artefacts, and
-        # pass 2 blends them down); sample the tile's interior when it has valid pixels.
+        # Pixels near a tile's edge lack context (padding artefacts, and pass 2 blends them
+        # down): sample each pixel from the tile it is most central in. Half the overlap
+        # from every edge leaves interiors that cover the grid without gaps, so no cover
+        # of a small extent goes unsampled.
         inner = np.zeros((t, t), bool)
-        m = grid.overlap
+        m = grid.overlap // 2
         inner[m : t - m, m : t - m] = True
         keep[n] = ok & inner if (ok & inner).any() else ok
     return x, keep
