@@ -12,7 +12,8 @@ its defaults, PyTorch), the shipped default model, the held-out model of the sce
 (``--held-out dubai=a.pt,nc=b.pt``: trained on every scene but that one,
 scripts/train_default_model.py ``--exclude``), and a label-free model trained on the scene
 itself for ``--area-minutes``. Scoring a whole-image forward pass instead would measure a
-network a user never runs (on NC, 0.111 mean ARI that way against 0.085 from Segment Raster).
+network a user never runs (on NC, 0.111 mean ARI that way against 0.085 from Segment Raster
+with the label-free overlap of the time, an eighth of the tile).
 
 Target (issue 12): held-out model >= filter bank + 0.05 ARI averaged over K on every scene, and
 never below the filter bank at any K. The last lines say whether it is met.

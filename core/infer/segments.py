@@ -149,7 +149,8 @@ def _read_sample_tiles(reader: BandWindows, grid: TileGrid, window: Window, chun
         inner = np.zeros((t, t), bool)
         m = grid.overlap // 2
         inner[m : t - m, m : t - m] = True
-        keep[n] = ok & inner if (ok & inner).any() else ok
+        central = ok & inner
+        keep[n] = central if central.any() else ok
     return x, keep
 
 
