@@ -83,3 +83,8 @@ def scores(preds: list, refs: list, valids: list, values) -> dict:
         r = lut[np.clip(ref, 0, len(lut) - 1)]
         cm.update(r, p, valid & (r >= 0) & (p >= 0))
     return cm.scores()
+
+
+def superpixel_settings(text: str) -> list[tuple[str, int]]:
+    """``"slic:20,felzenszwalb:40"`` -> [("slic", 20), ("felzenszwalb", 40)] (--superpixels)."""
+    return [(m.split(":")[0].strip(), int(m.split(":")[1])) for m in text.split(",") if m.strip()]

@@ -280,11 +280,7 @@ def main() -> int:
     args = p.parse_args()
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     args.curve = [float(m) for m in args.curve.split(",") if m.strip()]
-    args.superpixels = [
-        (m.split(":")[0].strip(), int(m.split(":")[1]))
-        for m in args.superpixels.split(",")
-        if m.strip()
-    ]
+    args.superpixels = qc.superpixel_settings(args.superpixels)
     if not DUBAI.exists():
         print(f"{DUBAI} not found: skipped")
         return 0

@@ -157,15 +157,13 @@ def main() -> int:
     )
 
     sources = []  # (name, label raster)
-    for setting in [s.strip() for s in args.superpixels.split(",") if s.strip()]:
-        method, size = setting.split(":")[0], int(setting.split(":")[1])
+    for method, size in qc.superpixel_settings(args.superpixels):
         dest = str(tmp / f"pseudo_{method}_{size}.tif")
         t0 = time.perf_counter()
         r = pseudo_label(v["img", "west"], xs, ys, cls, dest, method=method, size=size)
         print(
             f"  pseudo-labels {method} {size} px: {r['labelled_pixels']} px from "
-            f"{r['points_used']} "
-            f"points, {r['conflicting_superpixels']} conflicting superpixels, "
+            f"{r['points_used']} points, {r['conflicting_superpixels']} conflicting superpixels, "
             f"{time.perf_counter() - t0:.1f} s",
             flush=True,
         )
