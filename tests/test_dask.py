@@ -5,6 +5,7 @@ local run pixel for pixel, with the same georeferencing and colour table."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -137,8 +138,9 @@ def _both(folder, name: str, params: dict, address: str) -> tuple[str, str]:
     return outs
 
 
-def assert_identical(a: str, b: str) -> None:
-    """Every pixel, the geotransform, CRS, nodata, colour table and category names."""
+def assert_identical(a: str, b: str, atol: float = 0.0) -> None:
+    """Every pixel (within ``atol``; 0: bit for bit), the geotransform, CRS, nodata, colour
+    table and category names."""
     da, db = gdal.Open(a), gdal.Open(b)
     assert (da.RasterXSize, da.RasterYSize) == (db.RasterXSize, db.RasterYSize)
     assert da.GetGeoTransform() == db.GetGeoTransform()
@@ -153,10 +155,23 @@ def assert_identical(a: str, b: str) -> None:
         assert [ta.GetColorEntry(i) for i in range(ta.GetCount())] == [
             tb.GetColorEntry(i) for i in range(tb.GetCount())
         ]
-    assert np.array_equal(ba.ReadAsArray(), bb.ReadAsArray())
+    if atol:
+        assert np.abs(ba.ReadAsArray() - bb.ReadAsArray()).max() <= atol
+    else:
+        assert np.array_equal(ba.ReadAsArray(), bb.ReadAsArray())
     # the same default style beside each file (classes listed, or the ramp over the range)
     qa, qb = Path(a).with_suffix(".qml"), Path(b).with_suffix(".qml")
-    assert qa.exists() and qb.exists() and qa.read_text() == qb.read_text()
+    assert qa.exists() and qb.exists()
+    assert_same_text(qa.read_text(), qb.read_text(), atol)
+
+
+def assert_same_text(a: str, b: str, atol: float) -> None:
+    """The same text, except that its decimal numbers may differ by ``atol`` (a style's ramp
+    spans the data's range, which moves with the pixels)."""
+    number = r"(-?\d+\.\d+)"
+    pa, pb = re.split(number, a), re.split(number, b)
+    assert pa[0::2] == pb[0::2]
+    assert np.allclose(np.float64(pa[1::2]), np.float64(pb[1::2]), rtol=0, atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -193,15 +208,18 @@ def test_label_free_default_model_on_cluster_equals_local_run(cluster, scene):
     assert_identical(local, dask)
     assert len(np.unique(gdal.Open(dask).ReadAsArray())) == 5  # ids agree across blocks
     # The confidence: qgis_process computes the default model's embeddings about 1e-5 apart
-    # from a plain Python process (Dask workers, this test), Dask or not; so it is compared
-    # bit for bit with a local run in this process, and within 1e-4 with qgis_process's.
+    # from a plain Python process (Dask workers, this test), Dask or not. Even between plain
+    # processes oneDNN may pick other kernels for another thread count (one-thread workers
+    # here): one fresh-clone CI run saw 0.763329 against 0.76332897, a float32 rounding step.
+    # So it is compared within 1e-5 with a local run in this process (the segment ids above
+    # are bit for bit), and within 1e-4 with qgis_process's.
     from mapseg.core.infer.segment import Options, segment_raster
 
     here, here_p = str(folder / "lf_here.tif"), str(folder / "lf_here_p.tif")
     opts = Options(num_segments=5, tile_size=64, bands=[3, 2, 1])
     segment_raster(src, None, here, probability=here_p, options=opts)
     assert_identical(here, dask)
-    assert_identical(here_p, dask_p)
+    assert_identical(here_p, dask_p, atol=1e-5)
     conf, local_conf = (gdal.Open(p).ReadAsArray() for p in (dask_p, local_p))
     assert np.abs(conf - local_conf).max() < 1e-4
 
