@@ -12,9 +12,10 @@ worker segments one block exactly as the local run segments those pixels:
   it (``ShapedForward``): ``batch`` tiles, except the run's last batch, which holds the rest.
   Which other tiles share a batch does not change a tile's numbers (tests/test_dask.py checks
   the whole output against the local run).
-- The model arrives as bytes the client scattered once to every worker; each worker process
-  opens it once (``worker_runtime``, keyed by its SHA-256 and the runtime options) and keeps it
-  for every later block.
+- The model arrives as bytes the client sent once (a task's result that workers copy from each
+  other, computed again if every holder dies); each worker process opens it once
+  (``worker_runtime``, keyed by its SHA-256 and the runtime options) and keeps it for every
+  later block.
 
 The same torch / ONNX Runtime thread count as the local run is needed for bit-identical
 numbers (Dask's nanny sets ``OMP_NUM_THREADS=1`` in each worker; so do the tests' local runs).

@@ -2,7 +2,7 @@
 
 ``segment_on_cluster`` reads as its outline: check the request exactly as the local run does
 (``core.infer.segment.open_inputs``) -> plan the tiles on the client (the same ``Plan``) ->
-connect to the scheduler and scatter the model file's bytes to every worker once -> for a
+connect to the scheduler and send the model file's bytes once (workers share them) -> for a
 label-free model, fit the run's k-means once on a worker (the same sampled tiles as the local
 run, so segment ids agree in every block) -> cut the output into large blocks and keep a bounded
 number of block tasks in flight, writing each block into the output as it completes -> sieve
@@ -159,9 +159,12 @@ def connect(cluster: Cluster, rep: Reporter):
 
 
 def run_job(client, job: BlockJob, inp, cluster: Cluster, rep: Reporter) -> tuple[int, set]:
-    """Scatter the model, fit the segments (label-free), run and write the blocks."""
+    """Send the model, fit the segments (label-free), run and write the blocks."""
     with open(inp.model.path, "rb") as f:
-        model = client.scatter(f.read(), broadcast=True, hash=False)
+        # a task holding the bytes, not scattered data: when the workers holding scattered data
+        # die, Dask cancels every task that needs it ("already forgotten",
+        # dask/distributed#3149); a task's result is simply computed again
+        model = client.submit(_model_bytes, f.read(), key=_key("model"), pure=False)
     main = rep
     if job.plan.segments:
         fit = client.submit(fit_on_worker, job, model, key=_key("fit"), retries=cluster.retries)
@@ -172,6 +175,11 @@ def run_job(client, job: BlockJob, inp, cluster: Cluster, rep: Reporter) -> tupl
         return write_blocks(client, job, model, inp, cluster, main)
     finally:
         client.cancel([model])
+
+
+def _model_bytes(data: bytes) -> bytes:
+    """The model file's bytes, as a task's result (see ``run_job``)."""
+    return data
 
 
 def _key(what: str) -> str:
