@@ -38,7 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "build", "pkg"))
 
 from mapseg.core.infer.segment import Options, segment_raster  # noqa: E402
-from mapseg.core.io.normalize import band_stats, normalise, valid_stack_mask  # noqa: E402
+from mapseg.core.io.normalize import band_stats, normalise  # noqa: E402
+from mapseg.core.io.windows import BandWindows  # noqa: E402
 from mapseg.core.model.clustering import agreement, filter_bank  # noqa: E402
 from mapseg.core.progress import Reporter  # noqa: E402
 from mapseg.core.train.labelfree import SelfSupConfig, segment, train_label_free  # noqa: E402
@@ -101,7 +102,7 @@ def load(path: str) -> tuple[np.ndarray, np.ndarray]:
     ds = gdal.Open(path)
     bands = [1, 2, 3]
     block = np.stack([ds.GetRasterBand(b).ReadAsArray().astype(np.float32) for b in bands])
-    valid = valid_stack_mask(ds, bands, block)
+    valid = BandWindows(ds, bands=bands).valid((0, 0, ds.RasterXSize, ds.RasterYSize))
     return normalise(block, band_stats([ds], bands)), valid
 
 

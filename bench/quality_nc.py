@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "pkg"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_common as qc  # noqa: E402
 
-from mapseg.core.io.normalize import valid_stack_mask  # noqa: E402
 from mapseg.core.io.raster import open_raster  # noqa: E402
+from mapseg.core.io.windows import BandWindows  # noqa: E402
 from mapseg.core.progress import Reporter  # noqa: E402
 from mapseg.core.train.job import TrainJob, train_model  # noqa: E402
 from mapseg.core.train.loop import FitConfig  # noqa: E402
@@ -75,7 +75,7 @@ def image_valid(path: str, image: np.ndarray) -> np.ndarray:
     them (the strata map still covers the scene's nodata border: 15 % of the scene in bands 1-5,
     38 % in band 7)."""
     ds = open_raster(path)
-    return valid_stack_mask(ds, range(1, ds.RasterCount + 1), image)
+    return BandWindows(ds).valid((0, 0, ds.RasterXSize, ds.RasterYSize), image)
 
 
 def labels_of(path: str):

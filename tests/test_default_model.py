@@ -47,7 +47,8 @@ def test_default_model_segments_nc_landsat_better_than_raw_colour(tmp_path):
     pytest.importorskip("torch")
     from osgeo import gdal
 
-    from mapseg.core.io.normalize import band_stats, normalise, valid_stack_mask
+    from mapseg.core.io.normalize import band_stats, normalise
+    from mapseg.core.io.windows import BandWindows
     from mapseg.core.model.clustering import agreement
     from mapseg.core.model.modelfile import build_model, load_model
     from mapseg.core.train.labelfree import embed, segment
@@ -58,7 +59,7 @@ def test_default_model_segments_nc_landsat_better_than_raw_colour(tmp_path):
     gdal.BuildVRT(vrt, files, separate=True).FlushCache()
     ds = gdal.Open(vrt)
     block = ds.ReadAsArray().astype(np.float32)
-    valid = valid_stack_mask(ds, [1, 2, 3], block) & (strata > 0)
+    valid = BandWindows(ds).valid((0, 0, ds.RasterXSize, ds.RasterYSize)) & (strata > 0)
     x = normalise(block, band_stats([ds], [1, 2, 3]))  # per-input, as Segment Raster does
     net = build_model(*load_model(str(MODEL)))
     model = agreement(segment(embed(net, x), x, valid, 6), strata, valid)

@@ -148,9 +148,10 @@ def test_16bit_bands_are_stretched_by_percentiles_without_nodata(tmp_path):
     path = write_raster(tmp_path / "u16.tif", data, nodata=0)
     ds = open_raster(path)
     source = ImageSource(ds, [3, 2, 1], make_grid(ds))
-    img = source.read((0, 0, 70, 60))
+    img, valid = source.read((0, 0, 70, 60))
     assert img.shape == (60, 70, 3) and img.dtype == np.uint8
     assert (img[:10, :10] == 0).all()
+    assert not valid[:10, :10].any() and valid.sum() == 60 * 70 - 100
     lows = [s["low"] for s in source.stats]
     assert min(lows) > 1000  # nodata excluded from the percentiles
     assert img[30, 30, 0] == 255  # band 3 first
@@ -168,9 +169,82 @@ def test_processing_pixel_size_averages_onto_a_coarser_grid(tmp_path):
     grid = make_grid(ds, pixel_size=20.0)
     assert (grid.width, grid.height, grid.scale) == (30, 20, 2.0)
     assert grid.geotransform == (GT[0], 20.0, 0.0, GT[3], 0.0, -20.0)
-    img = ImageSource(ds, [1, 2, 3], grid).read((10, 5, 10, 4))
-    assert img.shape == (4, 10, 3)
+    img, valid = ImageSource(ds, [1, 2, 3], grid).read((10, 5, 10, 4))
+    assert img.shape == (4, 10, 3) and valid.all()
     assert (img[:, :5] == 0).all() and (img[:, 5:] == 200).all()
+
+
+def rgba_raster(path, data: np.ndarray, alpha: np.ndarray) -> str:
+    """An RGBA GeoTIFF as an orthophoto mosaic writes it: alpha 0 where there is no image."""
+    from osgeo import gdal
+
+    write_raster(path, np.concatenate([data, alpha[None]]))
+    ds = gdal.Open(str(path), gdal.GA_Update)
+    ds.GetRasterBand(4).SetColorInterpretation(gdal.GCI_AlphaBand)
+    ds = None
+    return str(path)
+
+
+def test_an_alpha_band_or_an_explicit_mask_is_nodata_for_sam(tmp_path):
+    from osgeo import gdal
+
+    from mapseg.core.io.raster import open_raster
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(1000, 3000, (3, 40, 60)).astype(np.uint16)
+    data[:, :, :20] = 60000  # under the mask: must neither show nor stretch the histogram
+    alpha = np.full((40, 60), 255, np.uint16)
+    alpha[:, :20] = 0
+    ds = open_raster(rgba_raster(tmp_path / "rgba.tif", data, alpha))
+    source = ImageSource(ds, [1, 2, 3], make_grid(ds))
+    img, valid = source.read((0, 0, 60, 40))
+    assert not valid[:, :20].any() and valid[:, 20:].all()
+    assert (img[:, :20] == 0).all() and img[:, 20:].mean() > 60
+    assert max(st["high"] for st in source.stats) < 3000  # masked pixels left out
+
+    # An averaged, coarser grid keeps the mask: 2 x 2 blocks, columns 0-9 of 30 masked.
+    grid = make_grid(ds, pixel_size=20.0)
+    img, valid = ImageSource(ds, [1, 2, 3], grid).read((0, 0, 30, 20))
+    assert not valid[:, :10].any() and valid[:, 10:].all() and (img[:, :10] == 0).all()
+
+    # An explicit per-dataset mask (an internal GeoTIFF mask) reads the same.
+    path = write_raster(tmp_path / "masked.tif", data)
+    ds = gdal.Open(path, gdal.GA_Update)
+    ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+    ds.GetRasterBand(1).GetMaskBand().WriteArray((alpha > 0).astype(np.uint8) * 255)
+    ds = None
+    img2, valid2 = ImageSource(open_raster(path), [1, 2, 3], make_grid(open_raster(path))).read(
+        (0, 0, 60, 40)
+    )
+    np.testing.assert_array_equal(valid2, alpha > 0)
+    np.testing.assert_array_equal(img2, source.read((0, 0, 60, 40))[0])
+
+    # A 4th band tagged alpha that is not a mask (near-infrared written as RGBA) stays data.
+    nir = rng.integers(0, 4000, (40, 60)).astype(np.uint16)
+    ds = open_raster(rgba_raster(tmp_path / "nir.tif", data, nir))
+    assert ImageSource(ds, [1, 2, 3], make_grid(ds)).read((0, 0, 60, 40))[1].all()
+
+
+def west_edge(path: str) -> float:
+    ds = ogr.Open(path)  # kept open while its features are read
+    return min(f.GetGeometryRef().GetEnvelope()[0] for f in ds.GetLayer())
+
+
+def test_prompt_masks_are_clipped_to_the_data(tmp_path, tiny_sam_checkpoint):
+    sam, _ = load_sam(str(tiny_sam_checkpoint))
+    data = np.random.default_rng(1).integers(0, 255, (3, 100, 120)).astype(np.uint8)
+    alpha = np.full((100, 120), 255, np.uint8)
+    alpha[:, :60] = 0
+    path = rgba_raster(tmp_path / "r.tif", data, alpha)
+    box = Prompt(1, box=(*to_map(10, 90), *to_map(110, 10)))  # over both halves
+    out = str(tmp_path / "o.gpkg")
+    stats = segment_with_prompts(path, [box], sam, out)
+    assert stats["features"] == 1
+    assert west_edge(out) >= GT[0] + 600  # nothing west of column 60
+    # The same box on the unmasked image reaches west of it: the clip did the work.
+    plain = write_raster(tmp_path / "plain.tif", data)
+    segment_with_prompts(plain, [box], sam, str(tmp_path / "p.gpkg"))
+    assert west_edge(str(tmp_path / "p.gpkg")) < GT[0] + 600
 
 
 def test_mask_to_geometry_is_georeferenced():

@@ -11,7 +11,7 @@ from osgeo import ogr, osr
 from scenes import GT
 
 from mapseg.core.progress import Reporter
-from mapseg.core.sam.auto import automatic_masks
+from mapseg.core.sam.auto import automatic_masks, clip_to_data
 from mapseg.core.sam.checkpoint import load_sam
 
 FIELDS = ["mask_id", "pred_iou", "stability", "area", "windows"]
@@ -110,6 +110,46 @@ def test_one_embedding_per_window_and_parts_joined(tmp_path, tiny_sam_checkpoint
         stats["masks"] + stats["merged"] + stats["duplicates"] + stats["small"] == (stats["found"])
     )
     assert any("4 window(s)" in line for line in log)
+
+
+def test_masks_stay_where_the_raster_holds_data(tmp_path, tiny_sam_checkpoint):
+    """An RGBA mosaic's transparent part (alpha 0) is nodata: no mask reaches into it, and
+    the black hole itself is not a mask. The same image without alpha gets masks there."""
+    from conftest import write_raster
+    from osgeo import gdal
+
+    data = scene(200, 240)
+    alpha = np.full((200, 240), 255, np.uint8)
+    alpha[:, :100] = 0
+    masked = write_raster(tmp_path / "rgba.tif", np.concatenate([data, alpha[None]]))
+    ds = gdal.Open(masked, gdal.GA_Update)
+    ds.GetRasterBand(4).SetColorInterpretation(gdal.GCI_AlphaBand)
+    ds = None
+    plain = write_raster(tmp_path / "rgb.tif", data)
+    sam, _ = load_sam(str(tiny_sam_checkpoint))
+    loose = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_thresh": 0.0}
+    west = {}
+    for name, src in (("masked", masked), ("plain", plain)):
+        out = tmp_path / f"{name}.gpkg"
+        stats = automatic_masks(src, sam, str(out), **loose)
+        _, feats, _ = features(out)
+        assert len(feats) == stats["masks"] >= 1
+        west[name] = min(geom.GetEnvelope()[0] for _, geom in feats)
+        west[name + "_dropped"] = stats["nodata"]
+    assert west["masked"] >= GT[0] + 100 * 10  # nothing west of column 100
+    assert west["plain"] < GT[0] + 100 * 10 and west["plain_dropped"] == 0
+
+
+def test_a_mask_mostly_over_nodata_is_the_hole_and_is_dropped():
+    valid = np.ones((10, 10), bool)
+    valid[:, :6] = False
+    hole = np.zeros((10, 10), bool)
+    hole[:, :7] = True  # the transparent part's outline, one column over the edge
+    assert clip_to_data(hole, valid) is None
+    roof = np.zeros((10, 10), bool)
+    roof[2:5, 4:9] = True  # 6 of its 15 pixels over nodata: kept, clipped
+    clipped = clip_to_data(roof, valid)
+    assert clipped.sum() == 9 and not clipped[:, :6].any() and clipped[2:5, 6:9].all()
 
 
 def test_cancel_within_a_window_leaves_no_file(provider, tmp_raster, tmp_path, tiny_sam_checkpoint):

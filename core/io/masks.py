@@ -44,14 +44,6 @@ def read_mask(mask: gdal.Band, win: Window) -> np.ndarray:
     return mask.ReadAsArray(*win) > 0
 
 
-def valid_in_mask(ds: gdal.Dataset, bands: Sequence[int] | None, win: Window) -> np.ndarray:
-    """True where ``ds``'s explicit mask (if any) marks data, in window ``win``."""
-    mask = explicit_mask(ds, bands)
-    if mask is None:
-        return np.ones((win[3], win[2]), dtype=bool)
-    return read_mask(mask, win)
-
-
 def _sample_windows(width: int, height: int) -> list[Window]:
     sw, sh = min(_SAMPLE_SIZE, width), min(_SAMPLE_SIZE, height)
     xs = np.unique(np.linspace(0, width - sw, _SAMPLES).astype(int))

@@ -14,8 +14,7 @@ import numpy as np
 from osgeo import gdal
 
 from ..errors import MapSegError
-from .masks import valid_in_mask
-from .raster import Window, valid_mask
+from .raster import Window
 
 LOW_PERCENTILE = 1.0
 HIGH_PERCENTILE = 99.0
@@ -37,19 +36,22 @@ def band_stats(
 ) -> list[dict]:
     """Robust per-band ``{"offset", "scale", "low", "high", "mean", "std"}`` over ``datasets``.
 
-    Pixels where any band is nodata are excluded, so an image border of zeros does not drag the
-    low percentile down.
+    Pixels where any band is nodata or outside the raster's mask are excluded (``BandWindows``'
+    rule), so an image border of zeros does not drag the low percentile down.
     """
     if not datasets:
         raise MapSegError("No raster was given to measure band statistics on.")
+    from .windows import BandWindows  # windows.py imports normalise from here
+
     bands = list(bands or range(1, datasets[0].RasterCount + 1))
     samples: list[np.ndarray] = []
     for ds in datasets:
+        reader = BandWindows(ds, bands=bands)
         for win in sample_windows(ds.RasterXSize, ds.RasterYSize):
-            block = read_stack(ds, bands, win)
-            keep = valid_stack_mask(ds, bands, block) & valid_in_mask(ds, bands, win)
+            block = reader.raw(win)
+            keep = reader.valid(win, block)
             if keep.any():
-                samples.append(block[:, keep])
+                samples.append(block[:, keep].astype(np.float32))
     if not samples:
         raise MapSegError(
             "Every sampled pixel is nodata: the rasters hold no data to learn from. Check the "
@@ -74,22 +76,6 @@ def band_stats(
             }
         )
     return stats
-
-
-def read_stack(ds: gdal.Dataset, bands: Sequence[int], win: Window) -> np.ndarray:
-    """(bands, rows, cols) float32 block."""
-    out = np.empty((len(bands), win[3], win[2]), dtype=np.float32)
-    for i, b in enumerate(bands):
-        out[i] = ds.GetRasterBand(b).ReadAsArray(*win)
-    return out
-
-
-def valid_stack_mask(ds: gdal.Dataset, bands: Sequence[int], block: np.ndarray) -> np.ndarray:
-    """True where every band holds data."""
-    keep = np.ones(block.shape[1:], dtype=bool)
-    for i, b in enumerate(bands):
-        keep &= valid_mask(block[i], ds.GetRasterBand(b).GetNoDataValue())
-    return keep
 
 
 def normalise(

@@ -19,13 +19,13 @@ import math
 import os
 from typing import Callable, Tuple
 
-import numpy as np
 from osgeo import gdal, osr
 
 from ..progress import Reporter
-from .masks import alpha_mask, explicit_mask, valid_in_mask, warp_vrt
-from .raster import RasterInfo, block_size, valid_mask, windows
+from .masks import alpha_mask, warp_vrt
+from .raster import RasterInfo, block_size, windows
 from .tiling import Window, extent_window
+from .windows import BandWindows
 
 FAR_FACTOR = 1.5
 
@@ -145,19 +145,14 @@ def warp_back(src_path: str, dst: gdal.Dataset, nodata: float) -> None:
 
 def mask_nodata(ds: gdal.Dataset, window: Window, out, nodata: float, reporter: Reporter):
     """Set ``out`` to ``nodata`` exactly where any input band is nodata, block by block."""
-    bands = [ds.GetRasterBand(b + 1) for b in range(ds.RasterCount)]
-    nodatas = [b.GetNoDataValue() for b in bands]
-    floats = any(b.DataType in (gdal.GDT_Float32, gdal.GDT_Float64) for b in bands)
-    if not floats and all(v is None for v in nodatas) and explicit_mask(ds) is None:
+    reader = BandWindows(ds)
+    if not reader.maskable:
         return
     wx, wy, ww, wh = window
     bw, bh = block_size(ds)
     target = out.band()
     for x, y, w, h in windows(ww, wh, bw, bh):
-        bad = np.zeros((h, w), bool)
-        for band, nd in zip(bands, nodatas):
-            bad |= ~valid_mask(band.ReadAsArray(wx + x, wy + y, w, h), nd)
-        bad |= ~valid_in_mask(ds, None, (wx + x, wy + y, w, h))
+        bad = ~reader.valid((wx + x, wy + y, w, h))
         if bad.any():
             arr = target.ReadAsArray(x, y, w, h)
             arr[bad] = nodata

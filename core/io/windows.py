@@ -25,7 +25,9 @@ _FLOATS = (gdal.GDT_Float32, gdal.GDT_Float64)
 class BandWindows:
     """Reads windows of ``bands`` (1-based; all bands when None) of ``ds``."""
 
-    def __init__(self, ds: gdal.Dataset, stats: Sequence[dict], bands: Sequence[int] | None = None):
+    def __init__(
+        self, ds: gdal.Dataset, stats: Sequence[dict] = (), bands: Sequence[int] | None = None
+    ):
         self.ds, self.stats = ds, stats
         self.bands = list(bands) if bands else list(range(1, ds.RasterCount + 1))
         handles = [ds.GetRasterBand(b) for b in self.bands]
@@ -59,10 +61,11 @@ class BandWindows:
                     ok &= band_ok
         return ok
 
-    def valid(self, win: Window) -> np.ndarray:
+    def valid(self, win: Window, block: np.ndarray | None = None) -> np.ndarray:
         """(rows, cols) True where ``read`` would say every band holds data; ``win`` inside
-        the raster. Nothing is normalised, so it needs no band statistics."""
-        ok = self.zero_nodata(None, self.raw(win))
+        the raster, ``block`` its ``raw`` values when already read. Nothing is normalised, so
+        it needs no band statistics. The one validity rule: every reader asks here."""
+        ok = self.zero_nodata(None, self.raw(win) if block is None else block)
         if self.mask is not None:
             ok &= read_mask(self.mask, win)
         return ok

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterator, Sequence
 
+import numpy as np
 from osgeo import ogr
 
 from ..errors import MapSegError
@@ -74,12 +75,27 @@ def _windows(grid, size: int, overlap: int | None, reporter: Reporter):
     return rows
 
 
-def _window_parts(generator, source: ImageSource, rect) -> Iterator[Part]:
-    """The masks SAM finds in one window, as parts on the processing grid."""
+def clip_to_data(mask: np.ndarray, valid: np.ndarray) -> np.ndarray | None:
+    """``mask`` where the raster holds data; None when most of it lies where it holds none."""
+    inside = mask & valid
+    return None if 2 * np.count_nonzero(inside) < np.count_nonzero(mask) else inside
+
+
+def _window_parts(generator, source: ImageSource, rect, nodata: list) -> Iterator[Part]:
+    """The masks SAM finds in one window, clipped to the data, as parts on the processing grid.
+
+    A mask lying mostly where the raster holds no data outlines the hole itself (SAM sees a
+    black shape there): it is dropped and counted in ``nodata``.
+    """
     grid = source.grid
-    for ann in generator.generate(source.read(rect)):
+    image, valid = source.read(rect)
+    for ann in generator.generate(image):
+        inside = clip_to_data(ann["segmentation"], valid)
+        if inside is None:
+            nodata.append(1)
+            continue
         iou, stability = float(ann["predicted_iou"]), float(ann["stability_score"])
-        part = part_from_window(ann["segmentation"], rect, grid.width, grid.height, iou, stability)
+        part = part_from_window(inside, rect, grid.width, grid.height, iou, stability)
         if part is not None:
             yield part
 
@@ -106,14 +122,14 @@ class _MaskWriter:
             self.out.add(geom, {**values, "windows": len(part.windows)})
 
 
-def _run_windows(rows, generator, source, merger: Merger, write, progress, reporter) -> int:
+def _run_windows(rows, generator, source, merger: Merger, write, progress, reporter, nodata) -> int:
     """Every window in reading order; masks are written once no later window reaches them."""
     total, k, found = sum(len(r) for r in rows), 0, 0
     for r, row in enumerate(rows):
         for c, rect in enumerate(row):
             step = reporter.sub(k / total, (k + 1) / total)
             progress.start(step)
-            for part in _window_parts(generator, source, rect):
+            for part in _window_parts(generator, source, rect, nodata):
                 found += 1
                 merger.add(part)
             next_x = row[c + 1][0] if c + 1 < len(row) else None
@@ -161,16 +177,18 @@ def automatic_masks(
         pred_iou_thresh=pred_iou_thresh,
         stability_score_thresh=stability_thresh,
     )
-    merger = Merger(merge_iou)
+    merger, nodata = Merger(merge_iou), []
     with VectorWriter(output, grid.info.projection, ogr.wkbMultiPolygon, FIELDS, layer_name) as out:
         write = _MaskWriter(out, grid, min_area)
-        found = _run_windows(rows, generator, source, merger, write, progress, reporter)
+        found = _run_windows(rows, generator, source, merger, write, progress, reporter, nodata)
         publish_masks(out, None)  # outlines: the image stays visible under the masks
     stats = {"windows": sum(len(r) for r in rows), "masks": write.masks, "found": found}
     stats.update(small=write.small, merged=merger.merged, duplicates=merger.duplicates)
+    stats["nodata"] = len(nodata)
     reporter.info(
         f"{stats['masks']} mask(s) written from {found} found: {merger.merged} "
         f"part(s) joined across window borders, {merger.duplicates} duplicate(s) dropped, "
-        f"{write.small} smaller than MIN_AREA."
+        f"{write.small} smaller than MIN_AREA; {len(nodata)} mask(s) lying mostly where the "
+        "raster holds no data left out."
     )
     return stats

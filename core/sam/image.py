@@ -4,7 +4,9 @@ SAM takes 8-bit RGB. Byte imagery is used as stored; 16-bit and float bands are 
 0..255 between their 1st and 99th percentiles measured on sampled windows with nodata excluded
 (``core.io.normalize.band_stats``), so a scene stored in 0..4000 is not black. Windows are read one
 at a time (never the whole raster), at the raster's resolution or a coarser processing pixel
-size resampled by averaging.
+size resampled by averaging. Where the raster holds no data (a band's nodata, an explicit mask,
+an RGBA orthophoto's alpha left out of the three bands: ``BandWindows``' rule) the image is
+black and the window's valid mask False, so masks can be clipped to the data.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import numpy as np
 from osgeo import gdal, ogr
 
 from ..errors import MapSegError
-from ..io.normalize import band_stats, valid_stack_mask
+from ..io.masks import alpha_mask
+from ..io.normalize import band_stats
 from ..io.raster import RasterInfo, check_band, raster_info
+from ..io.windows import BandWindows
 
 Rect = Tuple[int, int, int, int]  # x, y, width, height in processing pixels
 
@@ -89,45 +93,54 @@ def make_grid(ds: gdal.Dataset, pixel_size: float | None = None) -> Grid:
 
 
 class ImageSource:
-    """Reads processing-grid rectangles as (rows, cols, 3) uint8 RGB arrays."""
+    """Reads processing-grid rectangles as (rows, cols, 3) uint8 RGB arrays and valid masks."""
 
     def __init__(self, ds: gdal.Dataset, bands: Sequence[int], grid: Grid) -> None:
-        self.ds = ds
-        self.bands = list(bands)
+        # The three bands as one in-memory VRT, an alpha band left out as its mask: every read
+        # below (native or averaged) then sees nodata and masks alike (core.io.masks).
+        alpha = alpha_mask(ds, bands)
+        self.source = ds  # the VRT reads through it: it must outlive the VRT
+        self.ds = gdal.Translate("", ds, format="VRT", bandList=list(bands), maskBand=alpha)
         self.grid = grid
-        types = {ds.GetRasterBand(b).DataType for b in self.bands}
+        types = {self.ds.GetRasterBand(b).DataType for b in (1, 2, 3)}
         # Byte imagery is what SAM was trained on: keep it; stretch everything else.
-        self.stats = None if types == {gdal.GDT_Byte} else band_stats([ds], self.bands)
+        self.stats = None if types == {gdal.GDT_Byte} else band_stats([self.ds])
 
-    def read(self, rect: Rect, out_size: Tuple[int, int] | None = None) -> np.ndarray:
-        """``rect`` in processing pixels, resampled to ``out_size`` (cols, rows) if given."""
+    def read(
+        self, rect: Rect, out_size: Tuple[int, int] | None = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """``rect`` in processing pixels, resampled to ``out_size`` (cols, rows) if given: the
+        RGB image (black where there is no data) and (rows, cols) True where there is data."""
         x, y, w, h = rect
         cols, rows = out_size or (w, h)
         s = self.grid.scale
-        if s == 1.0 and (cols, rows) == (w, h):
-            block = np.stack(
-                [self.ds.GetRasterBand(b).ReadAsArray(x, y, w, h) for b in self.bands]
-            ).astype(np.float32)
-        else:
-            mem = gdal.Translate(
-                "",
-                self.ds,
-                format="MEM",
-                bandList=self.bands,
-                srcWin=[x * s, y * s, w * s, h * s],
-                width=cols,
-                height=rows,
-                resampleAlg="average",
-            )
-            block = mem.ReadAsArray().astype(np.float32).reshape(3, rows, cols)
-            mem = None
-        valid = valid_stack_mask(self.ds, self.bands, block)
+        src, win = self.ds, (x, y, w, h)
+        if s != 1.0 or (cols, rows) != (w, h):
+            # averaged over the data only; the mask comes along as the copy's own mask
+            src, win = self._resampled(rect, cols, rows), (0, 0, cols, rows)
+        reader = BandWindows(src)
+        raw = reader.raw(win)
+        valid = reader.valid(win, raw)
+        block = raw.astype(np.float32)
         if self.stats is not None:
             for i, st in enumerate(self.stats):
                 block[i] = (block[i] - st["low"]) * (255.0 / max(st["high"] - st["low"], 1e-12))
         out = np.clip(np.nan_to_num(block), 0, 255).round().astype(np.uint8)
         out[:, ~valid] = 0
-        return np.ascontiguousarray(out.transpose(1, 2, 0))
+        return np.ascontiguousarray(out.transpose(1, 2, 0)), valid
+
+    def _resampled(self, rect: Rect, cols: int, rows: int) -> gdal.Dataset:
+        x, y, w, h = rect
+        s = self.grid.scale
+        return gdal.Translate(
+            "",
+            self.ds,
+            format="MEM",
+            srcWin=[x * s, y * s, w * s, h * s],
+            width=cols,
+            height=rows,
+            resampleAlg="average",
+        )
 
 
 def mask_to_geometry(mask: np.ndarray, geotransform: Sequence[float]) -> ogr.Geometry | None:

@@ -220,7 +220,10 @@ class _Features:
 
     def __call__(self, prompt: Prompt, geom, iou: float, stability: float) -> None:
         if geom is None:
-            self.reporter.warn(f"Prompt {prompt.id}: SAM returned an empty mask.")
+            self.reporter.warn(
+                f"Prompt {prompt.id}: SAM returned an empty mask, or one only where the "
+                "raster holds no data."
+            )
             return
         values = {"prompt_id": int(prompt.id), "pred_iou": iou, "stability": stability}
         values["area"] = geom.GetArea()
@@ -240,13 +243,14 @@ def _segment_window(
 ) -> None:
     """One image embedding for ``window``, then a mask per prompt it holds, handed to ``emit``."""
     step.fraction(0.0)
-    predictor.set_image(source.read(window.rect, window.out_size))
+    image, valid = source.read(window.rect, window.out_size)
+    predictor.set_image(image)
     step.fraction(0.5)
     for j, i in enumerate(window.prompts):
         step.fraction(0.5 + 0.5 * j / len(window.prompts))  # cancel between prompts
         mask, iou, stability = predict(predictor, local[i], window)
         gt = source.grid.rect_geotransform(window.rect, window.factor)
-        emit(local[i], mask_to_geometry(mask, gt), iou, stability)
+        emit(local[i], mask_to_geometry(mask & valid, gt), iou, stability)  # data only
     step.fraction(1.0)
 
 
