@@ -10,7 +10,7 @@ from conftest import read_raster, write_raster
 from scenes import GT
 from segment_models import blobs, random_model, trained_model
 from test_selfsup import ARI_MIN, SMALL, small_cfg, three_regions
-from test_train_core import fast_fit, predict, scene
+from trainscene import fast_fit, predict, scene
 
 from mapseg.core.infer.segment import Options, segment_raster
 from mapseg.core.model.modelfile import build_model, load_model

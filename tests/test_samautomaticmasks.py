@@ -104,7 +104,7 @@ def test_one_embedding_per_window_and_parts_joined(tmp_path, tiny_sam_checkpoint
     )
     assert stats["windows"] == 4 and len(calls) == 4
     # The seeded tiny SAM finds masks crossing window borders; the joins themselves are
-    # checked on constructed masks in test_sam_core.
+    # checked on constructed masks in test_sam_merge.
     assert stats["merged"] >= 1 and stats["masks"] >= 1
     assert (
         stats["masks"] + stats["merged"] + stats["duplicates"] + stats["small"] == (stats["found"])

@@ -15,7 +15,7 @@ from conftest import (
     write_raster,
 )
 from osgeo import ogr, osr
-from test_train_core import scene
+from trainscene import scene
 
 from mapseg.core.model.modelfile import load_model
 from mapseg.core.train.report import report_html
