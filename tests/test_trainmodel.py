@@ -15,7 +15,7 @@ from conftest import (
     write_raster,
 )
 from osgeo import ogr, osr
-from trainscene import scene
+from trainscene import scene_files
 
 from mapseg.core.model.modelfile import load_model
 from mapseg.core.train.report import report_html
@@ -31,15 +31,7 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("trainmodel")
-    img, cls = scene()
-    return {
-        "dir": d,
-        "img": img,
-        "cls": cls,
-        "img_path": write_raster(d / "img.tif", img),
-        "lab_path": write_raster(d / "lab.tif", cls, nodata=0),
-    }
+    return scene_files(tmp_path_factory.mktemp("trainmodel"))
 
 
 @pytest.fixture(scope="module")
