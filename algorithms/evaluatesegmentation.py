@@ -69,7 +69,6 @@ class EvaluateSegmentation(MapSegAlgorithm):
                 self.CLASS_FIELD,
                 "Class field of the reference polygons",
                 self.REFERENCE_POLYGONS,
-                numeric=True,
             ),
             P.text(
                 self.IGNORE_VALUES,

@@ -19,6 +19,7 @@ from sklearn.metrics import (
 
 from mapseg.core.errors import CanceledError, MapSegError
 from mapseg.core.evaluate.evaluation import evaluate_segmentation, parse_ignore
+from mapseg.core.io.raster import set_category_names
 from mapseg.core.progress import Reporter
 
 
@@ -178,6 +179,15 @@ def square_polygons(path, epsg, squares):
     return str(path)
 
 
+def named_raster(path, classes: np.ndarray, names: dict) -> str:
+    """A class raster whose band carries category ``names`` (as Segment Raster writes them)."""
+    out = write_raster(path, classes)
+    ds = gdal.Open(out, gdal.GA_Update)
+    set_category_names(ds.GetRasterBand(1), names)
+    ds = None
+    return out
+
+
 def test_reference_polygons_in_another_crs(tmp_path):
     pred, _ = random_maps((20, 20), seed=5)
     pred = (pred % 2 + 1).astype(np.uint8)  # classes 1, 2
@@ -196,6 +206,25 @@ def test_reference_polygons_in_another_crs(tmp_path):
     result = evaluate_segmentation(p, polygons=poly, class_field="cls", block=(6, 6))
     assert_like_sklearn(result, ref[keep], pred[keep])
     assert result.scores["pixels"] == 300
+    # A text field ("name1", "name2") is matched on the prediction's class names.
+    named = named_raster(tmp_path / "named.tif", pred, {1: "Name1 ", 2: "NAME2"})
+    result = evaluate_segmentation(named, polygons=poly, class_field="label", block=(6, 6))
+    assert_like_sklearn(result, ref[keep], pred[keep])
+    assert result.scores["pixels"] == 300
+    # "name2" names no class of this prediction: scored as a class it never predicts (3, above
+    # its values), with a warning; "name1" still matches class 1.
+    other = named_raster(tmp_path / "other.tif", pred, {1: "name1", 2: "forest"})
+    warnings = []
+    result = evaluate_segmentation(
+        other, polygons=poly, class_field="label", reporter=Reporter(warn=warnings.append)
+    )
+    assert_like_sklearn(result, np.where(ref == 2, 3, ref)[keep], pred[keep])
+    assert [c["name"] for c in result.scores["per_class"]] == ["name1", "forest", "name2"]
+    assert any("name2 are none of the prediction's class names" in w for w in warnings)
+    # No text matching any class name: refused (a numeric field, or the classes' names, needed)
+    unnamed = write_raster(tmp_path / "unnamed.tif", pred)
+    with pytest.raises(MapSegError, match=r"holds text \(name1, name2\) that matches none"):
+        evaluate_segmentation(unnamed, polygons=poly, class_field="label")
 
 
 def test_differing_grids_are_aligned(tmp_path):

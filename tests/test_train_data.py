@@ -88,23 +88,31 @@ def test_label_raster_on_another_grid_is_resampled(tmp_path, data):
     assert any("nearest neighbour" in m for m in log)
 
 
-def test_text_class_field_needs_classes(tmp_path, data):
+def test_text_class_field_is_numbered_or_matched_on_class_names(tmp_path):
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(4326)
     path = str(tmp_path / "poly.gpkg")
     vds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
     layer = vds.CreateLayer("poly", srs, ogr.wkbPolygon)
     layer.CreateField(ogr.FieldDefn("kind", ogr.OFTString))
-    feat = ogr.Feature(layer.GetLayerDefn())
-    feat.SetField("kind", "Water")
-    feat.SetGeometry(ogr.CreateGeometryFromWkt(
-        "POLYGON((12.0 36.1,12.1 36.1,12.1 36.2,12.0 36.2,12.0 36.1))"))  # fmt: skip
-    layer.CreateFeature(feat)
+    for kind in ("water", "Forest ", "water", " ", "O'Hare"):
+        feat = ogr.Feature(layer.GetLayerDefn())
+        feat.SetField("kind", kind)
+        feat.SetGeometry(ogr.CreateGeometryFromWkt(
+            "POLYGON((12.0 36.1,12.1 36.1,12.1 36.2,12.0 36.2,12.0 36.1))"))  # fmt: skip
+        layer.CreateFeature(feat)
     vds = None
-    with pytest.raises(MapSegError, match="holds text"):
-        lab.polygon_classes(path, "kind", [])
-    plan = lab.polygon_classes(path, "kind", lab.parse_classes("4:water:#0000ff"))
-    assert plan["burn"] and plan["burn"][0][1] == 4
+    # no CLASSES: 1, 2, ... over the sorted texts, as Pseudo-label From Points numbers them
+    plan = lab.polygon_classes(path, "kind", [])
+    assert plan["numbered"] and plan["names"] == {1: "Forest", 2: "O'Hare", 3: "water"}
+    assert sorted(v for _, v in plan["burn"]) == [1, 2, 3]  # the blank text is no class
+    assert ("\"kind\" = 'O''Hare'", 2) in plan["burn"]  # quotes escaped for OGR SQL
+    # CLASSES names them, case-insensitively; a text that no class names is refused
+    given = lab.parse_classes("4:WATER:#0000ff, 7:forest, 9:o'hare")
+    plan = lab.polygon_classes(path, "kind", given)
+    assert not plan["numbered"] and sorted(v for _, v in plan["burn"]) == [4, 7, 9]
+    with pytest.raises(MapSegError, match=r"holds text \(Forest \) that matches no class"):
+        lab.polygon_classes(path, "kind", lab.parse_classes("4:water, 9:o'hare"))
 
 
 def test_parse_classes():

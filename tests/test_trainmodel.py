@@ -146,27 +146,82 @@ def _buildings(tmp_path, epsg_vector=4326, text=True):
     return img_path, path, mask
 
 
+def polygon_params(img_path, poly, out, **extra) -> dict:
+    """Train Model on ``_buildings``' raster and polygons: class field "kind", background 0."""
+    return {
+        **FAST,
+        "INPUT": [img_path],
+        "LABEL_POLYGONS": poly,
+        "CLASS_FIELD": "kind",
+        "BACKGROUND_VALUE": 0,
+        "EPOCHS": 2,
+        "OUTPUT_MODEL": str(out),
+        **extra,
+    }
+
+
 def test_label_polygons_in_another_crs(provider, tmp_path):
     img_path, poly, mask = _buildings(tmp_path)
     res = run_alg(
         "trainmodel",
-        {
-            **FAST,
-            "INPUT": [img_path],
-            "LABEL_POLYGONS": poly,
-            "CLASS_FIELD": "kind",
-            "BACKGROUND_VALUE": 0,
-            "CLASSES": "0:background:#000000, 1:building:#ff0000",
-            "EPOCHS": 6,
-            "OUTPUT_MODEL": str(tmp_path / "bld.pt"),
-        },
-    )
+        polygon_params(img_path, poly, tmp_path / "bld.pt", EPOCHS=6,
+                       CLASSES="0:background:#000000, 1:building:#ff0000"),
+    )  # fmt: skip
     meta, _ = load_model(res["OUTPUT_MODEL"])
     assert [c["name"] for c in meta["classes"]] == ["background", "building"]
     labelled = meta["training"]["labelled_pixels"]
     assert sum(labelled) == 128 * 128  # BACKGROUND_VALUE labels every pixel
     assert labelled[1] == pytest.approx(mask.sum(), rel=0.03)  # reprojected 4326 -> UTM
     assert res["VAL_MIOU"] > 0.8
+
+
+def test_text_classes_are_numbered_in_sorted_order_without_classes(provider, tmp_path):
+    from qgis.core import QgsProcessingFeedback
+
+    img_path, poly, _ = _buildings(tmp_path)
+    vds = ogr.Open(poly, 1)
+    layer = vds.GetLayer(0)
+    for fid, kind in ((4, " shed "), (5, "  ")):  # spaces ignored; a blank text is no class
+        feat = layer.GetFeature(fid)
+        feat.SetField("kind", kind)
+        layer.SetFeature(feat)
+    pond = ogr.Feature(layer.GetLayerDefn())  # far off the raster: no pixel, said in the log
+    pond.SetField("kind", "pond")
+    pond.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON((1 1,1.01 1,1.01 1.01,1 1.01,1 1))"))
+    layer.CreateFeature(pond)
+    vds = layer = None
+    feedback = QgsProcessingFeedback()
+    res = run_alg("trainmodel", polygon_params(img_path, poly, tmp_path / "text.pt"), feedback)
+    meta, _ = load_model(res["OUTPUT_MODEL"])
+    assert [(c["value"], c["name"]) for c in meta["classes"]] == [
+        (0, "class 0"),
+        (1, "Building"),
+        (3, "shed"),
+    ]
+    log = feedback.textLog()
+    assert "numbered in sorted order: 1 Building, 2 pond, 3 shed" in log
+    assert "No labelled pixel of class(es) pond (2) falls where the input rasters hold data" in log
+    labelled = meta["training"]["labelled_pixels"]
+    assert sum(labelled) == 128 * 128
+    # 20 x 20 px squares: three buildings, one shed; the blank one is background
+    assert labelled[1] == pytest.approx(3 * 400, rel=0.05)
+    assert labelled[2] == pytest.approx(400, rel=0.05)
+    # fine-tuning matches the texts on the model's class names: every square now "SHED", which
+    # a new numbering would make class 1 (building), stays the model's class 3
+    vds = ogr.Open(poly, 1)
+    layer = vds.GetLayer(0)
+    for feat in layer:
+        feat.SetField("kind", "SHED")
+        layer.SetFeature(feat)
+    vds = layer = None
+    tune = polygon_params(
+        img_path, poly, tmp_path / "tuned.pt", INIT_MODEL=str(tmp_path / "text.pt")
+    )
+    res = run_alg("trainmodel", tune)
+    tuned, _ = load_model(res["OUTPUT_MODEL"])
+    assert tuned["classes"] == meta["classes"]
+    tuned_counts = tuned["training"]["labelled_pixels"]
+    assert tuned_counts[1] == 0 and tuned_counts[2] == pytest.approx(5 * 400, rel=0.05)
 
 
 def test_qgis_process(data, tmp_path):
@@ -233,7 +288,7 @@ def _bad(tmp_path, data, extra):
         ("bands", "different band counts"),
         ("count", "give one label raster per input"),
         ("unlabelled", "No labelled pixel"),
-        ("text_field", "holds text"),
+        ("text_field", "matches no class name"),
         ("init_bands", "reads 2 band"),
         ("one_class", "at least two classes"),
         ("labelfree_init", "label-free training"),  # no labels: label-free, never fine-tuned
@@ -252,8 +307,9 @@ def test_bad_inputs_fail_clearly(provider, data, tmp_path, case, message):
         empty = write_raster(tmp_path / "e.tif", np.zeros((128, 128), np.uint8), nodata=0)
         extra.update(LABELS=[empty])
     elif case == "text_field":
-        img_path, poly, _ = _buildings(tmp_path)
-        extra = {"INPUT": [img_path], "LABEL_POLYGONS": poly, "CLASS_FIELD": "kind"}
+        img_path, poly, _ = _buildings(tmp_path)  # "Building" is none of the CLASSES
+        extra = {"INPUT": [img_path], "LABEL_POLYGONS": poly, "CLASS_FIELD": "kind",
+                 "CLASSES": "0:background, 1:house", "BACKGROUND_VALUE": 0}  # fmt: skip
     elif case == "init_bands":
         img_path, poly, _ = _buildings(tmp_path, text=False)
         run_alg(

@@ -214,8 +214,9 @@ def evaluate_segmentation(
     notes: List[str] = []
     with tempfile.TemporaryDirectory(prefix="mapseg_eval_") as workdir:
         ref, rb, ref_names = open_reference(
-            reference, reference_band, polygons, polygon_layer, class_field, pred, workdir, reporter
-        )
+            reference, reference_band, polygons, polygon_layer, class_field, pred, workdir,
+            reporter, pred_band,
+        )  # fmt: skip
         names = {**ref_names, **names}
         ref_band = ref.GetRasterBand(rb)
         wins = list(windows(pinfo.width, pinfo.height, *(block or block_size(pred))))

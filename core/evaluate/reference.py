@@ -23,6 +23,7 @@ from ..io.raster import (
     same_grid,
     scratch_raster,
 )
+from ..labels.classes import text_burns
 from ..progress import Reporter
 
 NO_CLASS = -(2**31)  # burnt where no polygon lies: never a class value
@@ -106,7 +107,8 @@ def align_reference(
     return warped, 1
 
 
-def _check_class_field(layer: ogr.Layer, class_field: str) -> None:
+def _check_class_field(layer: ogr.Layer, class_field: str) -> bool:
+    """The field exists and holds whole class values (False) or text (True)."""
     defn = layer.GetLayerDefn()
     names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
     if not class_field:
@@ -120,36 +122,77 @@ def _check_class_field(layer: ogr.Layer, class_field: str) -> None:
             f"Their fields are: {', '.join(names) or '(none)'}."
         )
     kind = defn.GetFieldDefn(names.index(class_field)).GetType()
-    numeric = kind in (ogr.OFTInteger, ogr.OFTInteger64, ogr.OFTReal)
+    if kind not in (ogr.OFTInteger, ogr.OFTInteger64, ogr.OFTReal):
+        return True
     layer.SetIgnoredFields([n for n in names if n != class_field] + ["OGR_GEOMETRY"])
     bad = []
     for feat in layer:
         value = feat.GetField(class_field)
-        if value is None:
-            continue
-        try:
-            ok = float(value).is_integer() and abs(float(value)) < 2**31 - 1
-        except ValueError:
-            ok = False
-        if not ok and str(value) not in bad:
+        whole = value is None or (float(value).is_integer() and abs(value) < 2**31 - 1)
+        if not whole and str(value) not in bad:
             bad.append(str(value))
             if len(bad) >= 5:
                 break
     layer.SetIgnoredFields([])
     layer.ResetReading()
     if bad:
-        what = "numbers that are not whole class values" if numeric else "text"
         raise MapSegError(
-            f"The class field '{class_field}' holds {what} ({', '.join(bad)}), not class "
-            "values. Choose a field of whole-number class values that match the prediction's "
-            "values."
+            f"The class field '{class_field}' holds numbers that are not whole class values "
+            f"({', '.join(bad)}), not class values. Choose a field of whole-number class values "
+            "that match the prediction's values."
         )
+    return False
+
+
+def _text_burns(layer: ogr.Layer, class_field: str, pred_band, reporter: Reporter):
+    """(burns, {value: text}) for a text class field: each text takes the value of the
+    prediction's class of that name (ignoring case and surrounding spaces); a text naming no
+    class gets a value above every prediction value, so it is scored as a class never
+    predicted. Blank texts are no class."""
+    texts = {str(f.GetField(class_field)) for f in layer if f.GetField(class_field) is not None}
+    layer.ResetReading()
+    texts = {t for t in texts if t.strip()}
+    names = read_classes(pred_band)[1] if pred_band is not None else {}
+    by_name = {n.strip().lower(): v for v, n in names.items() if n.strip()}
+    missing = {t.strip().lower(): t.strip() for t in sorted(texts)}
+    missing = {k: t for k, t in missing.items() if k not in by_name}
+    if missing and len(missing) == len({t.strip().lower() for t in texts}):
+        known = ", ".join(f"{v} {n}" for v, n in sorted(names.items())) or "none"
+        raise MapSegError(
+            f"The class field '{class_field}' holds text ({', '.join(list(missing.values())[:5])}) "
+            f"that matches none of the prediction's class names ({known}). Name the polygons' "
+            "classes as the prediction does (Segment Raster writes the model's class names), or "
+            "choose a field of whole-number class values."
+        )
+    if missing:
+        top = max([*names, int(pred_band.ComputeRasterMinMax(False)[1])])
+        extra = {k: top + 1 + i for i, k in enumerate(sorted(missing))}
+        reporter.warn(
+            f"The reference class(es) {', '.join(missing.values())} are none of the "
+            "prediction's class names: scored as classes the prediction never predicts (values "
+            f"{', '.join(str(v) for v in extra.values())}). Check their spelling if they are "
+            "meant to be one of the prediction's classes."
+        )
+        by_name.update(extra)
+
+    def value_of(text: str) -> int:
+        return by_name[text.strip().lower()]
+
+    return text_burns(class_field, texts, value_of), {value_of(t): t.strip() for t in texts}
 
 
 def rasterize_reference(
-    path: str, layer_name: str | None, class_field: str, pred: gdal.Dataset, workdir: str
-) -> gdal.Dataset:
-    """Burn the polygons' ``class_field`` onto the prediction's grid (temporary GeoTIFF)."""
+    path: str,
+    layer_name: str | None,
+    class_field: str,
+    pred: gdal.Dataset,
+    workdir: str,
+    pred_band: gdal.Band | None = None,
+    reporter: Reporter | None = None,
+) -> Tuple[gdal.Dataset, Dict[int, str]]:
+    """Burn the polygons' ``class_field`` onto the prediction's grid (temporary GeoTIFF); a
+    text field's texts take the values of ``pred_band``'s class names. Returns the dataset and
+    the names of the burnt text classes."""
     try:
         vds = gdal.OpenEx(path, gdal.OF_VECTOR)
     except RuntimeError as err:
@@ -157,7 +200,10 @@ def rasterize_reference(
     layer = vds.GetLayerByName(layer_name) if layer_name else vds.GetLayer(0)
     if layer is None:
         raise MapSegError(f"The reference polygons '{path}' have no layer '{layer_name}'.")
-    _check_class_field(layer, class_field)
+    text = _check_class_field(layer, class_field)
+    burns, names = (
+        _text_burns(layer, class_field, pred_band, reporter or Reporter()) if text else (None, {})
+    )
     pi = raster_info(pred)
     extent = layer.GetExtent()  # (minx, maxx, miny, maxy)
     bounds = (extent[0], extent[2], extent[1], extent[3])
@@ -171,13 +217,15 @@ def rasterize_reference(
     ds = scratch_raster(tmp, pi, gdal.GDT_Int32, NO_CLASS)
     esc = class_field.replace('"', '""')
     try:
-        gdal.Rasterize(
-            ds, vds, layers=[layer.GetName()], attribute=class_field, where=f'"{esc}" IS NOT NULL'
-        )
+        if burns is None:
+            where = f'"{esc}" IS NOT NULL'
+            gdal.Rasterize(ds, vds, layers=[layer.GetName()], attribute=class_field, where=where)
+        for where, value in burns or ():
+            gdal.Rasterize(ds, vds, layers=[layer.GetName()], where=where, burnValues=[value])
     except RuntimeError as err:
         raise MapSegError(f"Cannot rasterise the reference polygons '{path}': {err}") from None
     ds.FlushCache()
-    return ds
+    return ds, names
 
 
 def open_reference(
@@ -189,12 +237,15 @@ def open_reference(
     pred: gdal.Dataset,
     workdir: str,
     reporter: Reporter,
+    pred_band: gdal.Band | None = None,
 ) -> Tuple[gdal.Dataset, int, Dict[int, str]]:
     """(dataset, band) of the reference on the prediction's grid, and the reference's class
-    names; polygons are burnt into ``workdir``."""
+    names; polygons are burnt into ``workdir`` (text classes by ``pred_band``'s names)."""
     if not reference:
-        ds = rasterize_reference(polygons, polygon_layer, class_field, pred, workdir)
-        return ds, 1, {}
+        ds, names = rasterize_reference(
+            polygons, polygon_layer, class_field, pred, workdir, pred_band, reporter
+        )
+        return ds, 1, names
     ref = open_raster(reference)
     check_band(ref, reference_band, "reference raster")
     names = read_classes(ref.GetRasterBand(reference_band))[1]

@@ -195,8 +195,10 @@ def polygon_classes(
 ) -> dict:
     """``{"kind", "burn": [(where, value)] or None, "names": {value: name}}`` for the field.
 
-    A numeric field is burnt as is; a text field needs every distinct text in ``given``
-    (matched on the class names, case-insensitively) to know which value each text stands for.
+    A numeric field is burnt as is. A text field's texts are matched on the class names of
+    ``given`` (case-insensitively), which must then name them all; without ``given`` they are
+    numbered 1, 2, ... in sorted order, as Pseudo-label From Points numbers text classes
+    (``"numbered": True``).
     """
     if not class_field:
         raise MapSegError("Choose the polygon layer's field that holds the class (CLASS_FIELD).")
@@ -205,27 +207,42 @@ def polygon_classes(
     texts = set()
     for feat in layer:
         value = feat.GetField(class_field)
-        if value is not None and kind == "text":
-            texts.add(str(value))
+        if value is not None and kind == "text" and str(value).strip():
+            texts.add(str(value))  # a blank text is no class: unlabelled, as a NULL
     name = layer.GetName()
     del layer, vds  # the layer must not outlive its dataset
     if kind != "text":
         return {"kind": kind, "burn": None, "names": {}, "layer": name}
+    value_of, names = _text_values(class_field, texts, given)
+    burn = text_burns(class_field, texts, value_of)
+    return {"kind": kind, "burn": burn, "names": names, "layer": name, "numbered": not given}
+
+
+def text_burns(class_field: str, texts: set, value_of) -> List[Tuple[str, int]]:
+    """``[(OGR where clause, class value)]``: one ``gdal.Rasterize`` burn per distinct text."""
+    esc = class_field.replace('"', '""')
+    return [
+        (f"\"{esc}\" = '{t.replace(chr(39), chr(39) * 2)}'", value_of(t)) for t in sorted(texts)
+    ]
+
+
+def _text_values(class_field: str, texts: set, given: Sequence[dict]):
+    """(text -> class value, {value: name}) for a text class field: by ``given``'s names, or
+    1, 2, ... over the sorted distinct texts (surrounding spaces ignored)."""
+    if not given:
+        order = {t: i + 1 for i, t in enumerate(sorted({t.strip() for t in texts if t.strip()}))}
+        return (lambda t: order[t.strip()]), {v: t for t, v in order.items()}
     by_name = {str(c.get("name", "")).strip().lower(): int(c["value"]) for c in given}
     missing = sorted(t for t in texts if t.strip().lower() not in by_name)
     if missing:
         raise MapSegError(
-            f"The class field '{class_field}' holds text ({', '.join(missing[:8])}) but no class "
-            "value is known for it. Choose a numeric class field, or give CLASSES that map each "
-            "name to a value, e.g. '1:water, 2:forest'."
+            f"The class field '{class_field}' holds text ({', '.join(missing[:8])}) that "
+            f"matches no class name ({', '.join(n for n in by_name if n) or 'none'}). Name "
+            "every class in CLASSES, e.g. '1:water, 2:forest', or leave CLASSES empty to "
+            "number the texts 1, 2, ... in sorted order (when fine-tuning, the texts must be "
+            "the model's class names)."
         )
-    esc = class_field.replace('"', '""')
-    burn = [
-        (f"\"{esc}\" = '{t.replace(chr(39), chr(39) * 2)}'", by_name[t.strip().lower()])
-        for t in sorted(texts)
-    ]
-    names = {v: t for t, v in by_name.items()}
-    return {"kind": kind, "burn": burn, "names": names, "layer": name}
+    return (lambda t: by_name[t.strip().lower()]), {v: t for t, v in by_name.items()}
 
 
 def rasterize_polygons(

@@ -45,23 +45,34 @@ def label_layers(job, images: list, given: list, workdir: str, reporter) -> list
             for p, ds in zip(job.label_rasters, images)
         ]
     if job.polygons:
-        plan = lab.polygon_classes(job.polygons, job.class_field, given, job.polygon_layer)
-        return [
-            lab.rasterize_polygons(
-                job.polygons,
-                job.class_field,
-                ds,
-                job.ignore_value,
-                job.background,
-                plan,
-                workdir,
-            )
-            for ds in images
-        ]
+        return _polygon_layers(job, images, given, workdir, reporter)
     raise MapSegError(
         "No labels were given: choose one label raster per input (LABELS) or a polygon layer "
         "with a class field (LABEL_POLYGONS, CLASS_FIELD)."
     )
+
+
+def _polygon_layers(job, images: list, given: list, workdir: str, reporter) -> list:
+    """The label polygons burnt onto each image's grid; text classes numbered if need be."""
+    plan = lab.polygon_classes(job.polygons, job.class_field, given, job.polygon_layer)
+    if plan.get("numbered"):
+        listed = ", ".join(f"{v} {n}" for v, n in sorted(plan["names"].items()))
+        reporter.info(
+            f"The class field '{job.class_field}' holds text; its classes are numbered in "
+            f"sorted order: {listed} (give CLASSES to choose the values)."
+        )
+    return [
+        lab.rasterize_polygons(
+            job.polygons,
+            job.class_field,
+            ds,
+            job.ignore_value,
+            job.background,
+            plan,
+            workdir,
+        )
+        for ds in images
+    ]
 
 
 def class_table(job, layers, found: List[int], given: list, init_meta, reporter) -> list:
@@ -96,6 +107,8 @@ def class_table(job, layers, found: List[int], given: list, init_meta, reporter)
     for layer in layers:
         names.update(layer.names)
         colors.update(layer.colors)
+    if job.polygons and not given:
+        _warn_empty_classes(names, found, reporter)
     table = lab.build_classes(values, given, names, colors)
     if len(table) < 2:
         raise MapSegError(
@@ -103,6 +116,18 @@ def class_table(job, layers, found: List[int], given: list, init_meta, reporter)
             "some background too, or set BACKGROUND_VALUE so unlabelled ground becomes a class."
         )
     return table
+
+
+def _warn_empty_classes(names: dict, found: List[int], reporter) -> None:
+    """Say which of the polygons' text classes left no labelled pixel, rather than drop them
+    silently."""
+    empty = [f"{n} ({v})" for v, n in sorted(names.items()) if v not in found]
+    if empty:
+        reporter.warn(
+            f"No labelled pixel of class(es) {', '.join(empty)} falls where the input rasters "
+            "hold data (their polygons lie outside the rasters, over nodata, or cover no pixel "
+            "centre), so the model leaves them out."
+        )
 
 
 def check_sam(job, bands: int) -> None:

@@ -313,7 +313,9 @@ def train_model(job: TrainJob, reporter: Reporter) -> dict:
     workdir = tempfile.mkdtemp(prefix="mapseg_train_")
     layers: list = []
     try:
-        layers = label_layers(job, images, given, workdir, reporter)
+        # text polygon classes are matched on CLASSES' names, else on the fine-tuned model's
+        named = given or (init_meta["classes"] if init_meta else [])
+        layers = label_layers(job, images, named, workdir, reporter)
         job, tiles = _scan_labels(job, images, layers, auto_tile, reporter.sub(0.0, 0.05))
         tiles, classes = _labelled_tiles(job, tiles, layers, given, init_meta, reporter)
         stats = _normalisation(job, images, init_meta, reporter)
