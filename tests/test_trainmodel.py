@@ -194,7 +194,7 @@ def test_text_classes_are_numbered_in_sorted_order_without_classes(provider, tmp
     res = run_alg("trainmodel", polygon_params(img_path, poly, tmp_path / "text.pt"), feedback)
     meta, _ = load_model(res["OUTPUT_MODEL"])
     assert [(c["value"], c["name"]) for c in meta["classes"]] == [
-        (0, "class 0"),
+        (0, "background"),  # BACKGROUND_VALUE's class
         (1, "Building"),
         (3, "shed"),
     ]

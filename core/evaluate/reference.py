@@ -165,7 +165,10 @@ def _text_burns(layer: ogr.Layer, class_field: str, pred_band, reporter: Reporte
             "choose a field of whole-number class values."
         )
     if missing:
-        top = max([*names, int(pred_band.ComputeRasterMinMax(False)[1])])
+        try:
+            top = max([*names, int(pred_band.ComputeRasterMinMax(False)[1])])
+        except RuntimeError:  # every pixel nodata: nothing will be scored anyway
+            top = max(names)
         extra = {k: top + 1 + i for i, k in enumerate(sorted(missing))}
         reporter.warn(
             f"The reference class(es) {', '.join(missing.values())} are none of the "

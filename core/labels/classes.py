@@ -271,7 +271,10 @@ def rasterize_polygons(
     except RuntimeError as err:
         raise MapSegError(f"Cannot rasterise the label polygons '{path}': {err}") from None
     ds.FlushCache()
-    return LabelLayer(ds, [float(ignore_value)], plan.get("names", {}), {}, path)
+    names = dict(plan.get("names", {}))
+    if background is not None and "background" not in names.values():
+        names.setdefault(int(background), "background")  # ground outside every polygon
+    return LabelLayer(ds, [float(ignore_value)], names, {}, path)
 
 
 def label_values(block: np.ndarray, unlabelled: Sequence[float]) -> np.ndarray:
