@@ -23,7 +23,7 @@ from ..io.raster import (
     same_grid,
     scratch_raster,
 )
-from ..labels.classes import text_burns
+from ..labels.classes import layer_texts, name_key, text_burns
 from ..progress import Reporter
 
 NO_CLASS = -(2**31)  # burnt where no polygon lies: never a class value
@@ -149,14 +149,11 @@ def _text_burns(layer: ogr.Layer, class_field: str, pred_band, reporter: Reporte
     prediction's class of that name (ignoring case and surrounding spaces); a text naming no
     class gets a value above every prediction value, so it is scored as a class never
     predicted. Blank texts are no class."""
-    texts = {str(f.GetField(class_field)) for f in layer if f.GetField(class_field) is not None}
-    layer.ResetReading()
-    texts = {t for t in texts if t.strip()}
+    texts = layer_texts(layer, class_field)
     names = read_classes(pred_band)[1] if pred_band is not None else {}
-    by_name = {n.strip().lower(): v for v, n in names.items() if n.strip()}
-    missing = {t.strip().lower(): t.strip() for t in sorted(texts)}
-    missing = {k: t for k, t in missing.items() if k not in by_name}
-    if missing and len(missing) == len({t.strip().lower() for t in texts}):
+    by_name = {name_key(n): v for v, n in names.items() if n.strip()}
+    missing = {name_key(t): t.strip() for t in sorted(texts) if name_key(t) not in by_name}
+    if missing and len(missing) == len({name_key(t) for t in texts}):
         known = ", ".join(f"{v} {n}" for v, n in sorted(names.items())) or "none"
         raise MapSegError(
             f"The class field '{class_field}' holds text ({', '.join(list(missing.values())[:5])}) "
@@ -179,7 +176,7 @@ def _text_burns(layer: ogr.Layer, class_field: str, pred_band, reporter: Reporte
         by_name.update(extra)
 
     def value_of(text: str) -> int:
-        return by_name[text.strip().lower()]
+        return by_name[name_key(text)]
 
     return text_burns(class_field, texts, value_of), {value_of(t): t.strip() for t in texts}
 

@@ -204,11 +204,7 @@ def polygon_classes(
         raise MapSegError("Choose the polygon layer's field that holds the class (CLASS_FIELD).")
     vds, layer = _open_layer(path, layer_name)
     kind = _field_kind(layer, class_field)
-    texts = set()
-    for feat in layer:
-        value = feat.GetField(class_field)
-        if value is not None and kind == "text" and str(value).strip():
-            texts.add(str(value))  # a blank text is no class: unlabelled, as a NULL
+    texts = layer_texts(layer, class_field) if kind == "text" else set()
     name = layer.GetName()
     del layer, vds  # the layer must not outlive its dataset
     if kind != "text":
@@ -216,6 +212,18 @@ def polygon_classes(
     value_of, names = _text_values(class_field, texts, given)
     burn = text_burns(class_field, texts, value_of)
     return {"kind": kind, "burn": burn, "names": names, "layer": name, "numbered": not given}
+
+
+def name_key(text: str) -> str:
+    """How a text class is compared with a class name: case and surrounding spaces ignored."""
+    return str(text).strip().lower()
+
+
+def layer_texts(layer: ogr.Layer, class_field: str) -> set:
+    """The distinct texts of ``class_field``; NULL and blank texts are no class (unlabelled)."""
+    texts = {str(f.GetField(class_field)) for f in layer if f.GetField(class_field) is not None}
+    layer.ResetReading()
+    return {t for t in texts if t.strip()}
 
 
 def text_burns(class_field: str, texts: set, value_of) -> List[Tuple[str, int]]:
@@ -232,8 +240,8 @@ def _text_values(class_field: str, texts: set, given: Sequence[dict]):
     if not given:
         order = {t: i + 1 for i, t in enumerate(sorted({t.strip() for t in texts if t.strip()}))}
         return (lambda t: order[t.strip()]), {v: t for t, v in order.items()}
-    by_name = {str(c.get("name", "")).strip().lower(): int(c["value"]) for c in given}
-    missing = sorted(t for t in texts if t.strip().lower() not in by_name)
+    by_name = {name_key(c.get("name", "")): int(c["value"]) for c in given}
+    missing = sorted(t for t in texts if name_key(t) not in by_name)
     if missing:
         raise MapSegError(
             f"The class field '{class_field}' holds text ({', '.join(missing[:8])}) that "
@@ -242,7 +250,7 @@ def _text_values(class_field: str, texts: set, given: Sequence[dict]):
             "number the texts 1, 2, ... in sorted order (when fine-tuning, the texts must be "
             "the model's class names)."
         )
-    return (lambda t: by_name[t.strip().lower()]), {v: t for t, v in by_name.items()}
+    return (lambda t: by_name[name_key(t)]), {v: t for t, v in by_name.items()}
 
 
 def rasterize_polygons(
